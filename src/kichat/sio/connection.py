@@ -1,0 +1,271 @@
+"""One client connection: an Engine.IO session and the Socket.IO state riding on it.
+
+A :class:`Connection` owns
+* its transport: long-polling (a pending GET and POSTs) or a :class:`~kichat.http.WebSocket`,
+  and the polling-to-WebSocket upgrade (``2probe`` / ``3probe`` / ``6`` / ``5``);
+* the heartbeat: the server pings every ``ping_interval``; no pong within ``ping_timeout``
+  closes the session;
+* the **outbound queue**: everything sent to this client (direct packets and broadcasts) is a
+  list of pre-built WebSocket frames appended here; the server's flusher writes the queue in
+  one ``write`` per connection, so frames queued in the same loop iteration share a syscall;
+* Socket.IO decoding (binary attachments included) and dispatch to namespaces.
+
+Slow consumers: the WebSocket's write buffer limit is the outbound buffer limit; passing it
+means the client does not read fast enough, and the connection is closed (reason
+``slow client``) instead of holding memory without bound. A polling client that lets its queue
+grow past the same limit is closed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from kichat.http import WebSocket, websocket
+from kichat.sio import engineio, parser
+from kichat.sio.errors import ParseError
+
+if TYPE_CHECKING:
+    from kichat.http import Request
+    from kichat.sio.server import Server, Socket
+
+log = logging.getLogger("kichat.sio")
+
+POLLING: Final = "polling"
+WEBSOCKET: Final = "websocket"
+
+# Why a connection ended. The first four may be recovered (connection state recovery).
+TRANSPORT_CLOSE: Final = "transport close"
+TRANSPORT_ERROR: Final = "transport error"
+PING_TIMEOUT: Final = "ping timeout"
+SLOW_CLIENT: Final = "slow client"
+PARSE_ERROR: Final = "parse error"
+FORCED_CLOSE: Final = "forced close"
+CONNECT_TIMEOUT: Final = "connect timeout"
+SERVER_SHUTDOWN: Final = "server shutting down"
+RECOVERABLE: Final = frozenset({TRANSPORT_CLOSE, TRANSPORT_ERROR, PING_TIMEOUT, SLOW_CLIENT})
+
+
+class Connection:
+    """An Engine.IO session (one client, whatever its transport)."""
+
+    __slots__ = (
+        "_binary",
+        "_timer",
+        "closed",
+        "dirty",
+        "peer",
+        "poll",
+        "posting",
+        "probe",
+        "queue",
+        "request",
+        "server",
+        "sid",
+        "sockets",
+        "transport",
+        "upgrading",
+        "ws",
+    )
+
+    def __init__(self, server: Server, sid: str, request: Request, transport: str) -> None:
+        self.server = server
+        self.sid = sid
+        self.request = request
+        self.peer = request.peer
+        self.transport = transport
+        self.ws: WebSocket | None = None
+        self.probe: WebSocket | None = None  # a WebSocket being upgraded to
+        self.upgrading = False  # the probe was answered; long-polls now return at once
+        self.queue: list[bytes] = []
+        self.dirty = False
+        self.poll: asyncio.Future[None] | None = None  # the pending long-poll GET
+        self.posting = False
+        self.closed = False
+        self.sockets: dict[str, Socket] = {}
+        self._binary: parser.Packet | None = None  # a packet waiting for its attachments
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def send(self, frames: bytes) -> None:
+        """Queue complete WebSocket frames; the server's flusher writes them soon."""
+        if self.closed:
+            return
+        if not self.dirty:
+            self.dirty = True
+            self.server.mark_dirty(self)
+        self.queue.append(frames)
+
+    def flush(self) -> None:
+        """Called by the server's flusher (never while iterating anything we may change)."""
+        self.dirty = False
+        queue = self.queue
+        if not queue or self.closed:
+            return
+        if self.transport == WEBSOCKET:
+            assert self.ws is not None
+            if len(queue) == 1:
+                self.ws.write(queue[0])
+                queue.clear()
+            elif self.server.coalesce_writes:
+                self.ws.write(b"".join(queue))
+                queue.clear()
+            else:
+                # Conformance fixture only: one packet per write, spaced out in time.
+                self.ws.write(queue.pop(0))
+                self.dirty = True
+                asyncio.get_running_loop().call_later(
+                    self.server.packet_spacing, self.server.mark_dirty, self
+                )
+            return
+        if self.poll is not None:
+            if not self.poll.done():
+                self.poll.set_result(None)
+        elif sum(map(len, queue)) > self.server.outbound_buffer_limit:
+            self.server.stats.slow_clients += 1
+            self.close(SLOW_CLIENT)
+
+    def take_payload(self) -> bytes:
+        payload = engineio.frames_to_payload(self.queue)
+        self.queue.clear()
+        return payload
+
+    # -- heartbeat -----------------------------------------------------------------------------
+
+    def schedule_ping(self) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self.send(engineio.PING_FRAME)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.ping_timeout, self._ping_timed_out)
+
+    def _ping_timed_out(self) -> None:
+        self._timer = None
+        self.server.stats.ping_timeouts += 1
+        self.close(PING_TIMEOUT)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def receive(self, packet: str | bytes) -> None:
+        """One Engine.IO packet from the client (text with its type digit, or binary data)."""
+        if self.closed:
+            return
+        try:
+            self._receive(packet)
+        except ParseError as exc:
+            log.info("closing %s (%s): %s", self.sid, self.peer, exc)
+            self.server.stats.parse_errors += 1
+            self.close(PARSE_ERROR)
+
+    def _receive(self, packet: str | bytes) -> None:
+        if isinstance(packet, bytes):
+            self._on_attachment(packet)
+            return
+        kind = packet[:1]
+        if kind == engineio.MESSAGE:
+            self._on_socketio_text(packet[1:])
+        elif kind == engineio.PONG:
+            self.schedule_ping()
+        elif kind == engineio.CLOSE:
+            self.close(TRANSPORT_CLOSE, client_initiated=True)
+        elif kind in (engineio.NOOP, engineio.UPGRADE):
+            pass
+        else:
+            # Including "2": Engine.IO 4 clients never ping, probes arrive on the probing socket.
+            raise ParseError(f"invalid Engine.IO packet {packet[:8]!r}")
+
+    def _on_socketio_text(self, text: str) -> None:
+        if self._binary is not None:
+            raise ParseError("text packet while binary attachments were expected")
+        packet = parser.decode(text)
+        if packet.attachments:
+            self._binary = packet
+            return
+        if packet.type in (parser.BINARY_EVENT, parser.BINARY_ACK):
+            packet.type = parser.EVENT if packet.type == parser.BINARY_EVENT else parser.ACK
+        self.server.dispatch(self, packet)
+
+    def _on_attachment(self, data: bytes) -> None:
+        packet = self._binary
+        if packet is None:
+            raise ParseError("binary data without a binary packet")
+        packet.buffers.append(data)
+        if len(packet.buffers) < packet.attachments:
+            return
+        self._binary = None
+        packet.data = parser.reconstruct(packet.data, packet.buffers)
+        packet.type = parser.EVENT if packet.type == parser.BINARY_EVENT else parser.ACK
+        self.server.dispatch(self, packet)
+
+    # -- WebSocket handler interface -----------------------------------------------------------
+
+    def on_message(self, data: str | bytes) -> None:
+        self.receive(data)
+
+    def on_close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.close(TRANSPORT_CLOSE if code in (1000, 1001, 1005) else TRANSPORT_ERROR,
+                       transport_gone=True)  # fmt: skip
+
+    def on_pause_writing(self) -> None:
+        # The transport holds more than the outbound limit: the client is not reading.
+        if not self.closed:
+            self.server.stats.slow_clients += 1
+            log.info("closing slow client %s (%s)", self.sid, self.peer)
+            asyncio.get_running_loop().call_soon(self.close, SLOW_CLIENT)
+
+    def on_resume_writing(self) -> None:
+        pass
+
+    # -- upgrade -------------------------------------------------------------------------------
+
+    def complete_upgrade(self, sock: WebSocket) -> None:
+        """The client sent ``5`` on the probing WebSocket: it is now the transport."""
+        self.probe = None
+        self.upgrading = False
+        self.ws = sock
+        self.transport = WEBSOCKET
+        sock.handler = self
+        self.server.stats.upgrades += 1
+        if self.poll is not None and not self.poll.done():
+            self.poll.set_result(None)
+        if self.queue and not self.dirty:
+            self.dirty = True
+            self.server.mark_dirty(self)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(
+        self, reason: str, *, client_initiated: bool = False, transport_gone: bool = False
+    ) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._cancel_timer()
+        self.server.connection_closed(self, reason)
+        if self.probe is not None:
+            self.probe.close(websocket.CLOSE_NORMAL)
+            self.probe = None
+        if self.transport == WEBSOCKET:
+            if not transport_gone and self.ws is not None:
+                code = websocket.CLOSE_GOING_AWAY if reason == SERVER_SHUTDOWN else 1000
+                if reason == SLOW_CLIENT:
+                    self.ws.abort()  # its buffers are full: a close frame would queue behind them
+                else:
+                    self.ws.close(code)
+        elif self.poll is not None and not self.poll.done():
+            # Answer the pending GET: noop if the client asked to close, close otherwise.
+            self.queue[:] = [engineio.NOOP_FRAME if client_initiated else engineio.CLOSE_FRAME]
+            self.poll.set_result(None)
+        else:
+            self.queue.clear()
