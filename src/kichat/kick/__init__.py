@@ -1,0 +1,1 @@
+"""All knowledge of Kick: names, events, the REST client and the Pusher client."""
