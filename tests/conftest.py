@@ -3,6 +3,8 @@
 * Every wait is a multiple of ``UNIT`` (seconds). Slow machines set ``KICHAT_TEST_UNIT=2`` (or
   more) to stretch every timeout at once instead of editing numbers in tests.
 * Servers bind to port 0 on loopback; nothing talks to the outside world.
+* The event loop is uvloop, as in production; ``KICHAT_TEST_LOOP=asyncio`` runs the same tests
+  on the standard library's loop (``.ci/run`` does both for the core server tests).
 * Real JavaScript clients (socket.io-client, pusher-js) live in ``tests/js``; ``.ci/run`` installs
   them with ``npm ci``. Locally, a missing install skips those tests; under ``CI`` it fails them,
   so a broken install can never turn into a silently green run.
@@ -23,12 +25,23 @@ from typing import Any
 import pytest
 
 UNIT = float(os.environ.get("KICHAT_TEST_UNIT", "1"))
+LOOP = os.environ.get("KICHAT_TEST_LOOP", "uvloop")
 JS_DIR = Path(__file__).parent / "js"
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    if LOOP == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
+
+
 def js_clients_available() -> bool:
-    return shutil.which("node") is not None and (JS_DIR / "node_modules" / "socket.io-client").is_dir()
+    return (
+        shutil.which("node") is not None and (JS_DIR / "node_modules" / "socket.io-client").is_dir()
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,7 +49,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     if IN_CI:
         raise pytest.UsageError("CI: tests/js/node_modules is missing; .ci/run must run `npm ci`")
-    skip = pytest.mark.skip(reason="node or tests/js/node_modules missing (run: npm ci --prefix tests/js)")
+    skip = pytest.mark.skip(
+        reason="node or tests/js/node_modules missing (run: npm ci --prefix tests/js)"
+    )
     for item in items:
         if "node" in item.keywords:
             item.add_marker(skip)
@@ -59,9 +74,13 @@ class NodeScript:
         try:
             raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
         except TimeoutError:
-            raise AssertionError(f"{self.name}: no output within {timeout}s{await self._stderr()}") from None
+            raise AssertionError(
+                f"{self.name}: no output within {timeout}s{await self._stderr()}"
+            ) from None
         if not raw:
-            raise AssertionError(f"{self.name}: exited ({self.proc.returncode}){await self._stderr()}")
+            raise AssertionError(
+                f"{self.name}: exited ({self.proc.returncode}){await self._stderr()}"
+            )
         msg: dict[str, Any] = json.loads(raw)
         self.lines.append(msg)
         return msg
@@ -98,7 +117,9 @@ class NodeScript:
 
 
 @asynccontextmanager
-async def node_script(script: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[NodeScript]:
+async def node_script(
+    script: str, *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[NodeScript]:
     """Run ``tests/js/<script>`` with ``args``; kill it on exit."""
     proc = await asyncio.create_subprocess_exec(
         shutil.which("node") or "node",
