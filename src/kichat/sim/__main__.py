@@ -1,0 +1,3 @@
+from kichat.sim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""The simulator's HTTP control API, on the simulator's own port under ``/_sim/``.
+
+JSON in, JSON out, one request per connection (``Connection: close``). Bodies need a
+``Content-Length``. Unknown keys, wrong types and out-of-range values get **400**
+``{"error": "<message>", "code": "<stable code>"}``; a bench while one runs gets **409**; an
+unknown path 404; a known path with the wrong method 405.
+
+Endpoints (the benchmark runner and the demo are written against the first ones: keep them):
+
+``GET /_sim/stats``
+    ``{"connections": n, "connections_opened": n, "subscriptions": {"<channel>": n},
+    "rest_requests": {"<path>": n}, "connections_refused": n, "events_published": n,
+    "frames_sent": n, "pings_sent": n, "pongs_sent": n, "ignore_pings": bool}``
+``POST /_sim/publish`` ``{"channel": str, "event": str, "data": any}``
+    -> ``{"recipients": n}``. ``data`` is sent double-encoded; over 10 KB encoded is refused (400).
+``POST /_sim/event`` ``{"event": str, "slug": str}``
+    -> ``{"channel": str, "data": ..., "recipients": n}``: a generated payload of that event on
+    the Pusher channel Kick uses for it (short names like ``"ChatMessageEvent"`` are accepted).
+``POST /_sim/script`` ``{"slug": str, "events": [str] | null, "interval": float}``
+    -> ``{"published": [{"event", "channel", "recipients"}]}``: every event type once, in order.
+``POST /_sim/bench`` ``{"chatroom_ids": [int], "rate": float, "duration": float}``
+    -> ``{"started": true}`` at once (409 if one is running). ChatMessageEvents on
+    ``chatrooms.{id}.v2``, content ``"<seq> <publish time_ns>"``, seq per chatroom from 1.
+``GET /_sim/bench``
+    -> ``{"running": bool, "published": {"<chatroom_id>": n}, "started_at_ns": int (0 before
+    the first run), "finished_at_ns": int | null}``. ``DELETE /_sim/bench`` stops a run.
+``POST /_sim/traffic`` ``{"rate": float, "slugs": [str] | null, "mix": str}``
+    -> ``{"started": true}``: random events at ``rate``/s per channel (null: every known
+    channel); mix is "realistic" (default), "chat" or "uniform".
+    ``DELETE /_sim/traffic`` -> ``{"stopped": bool}``; ``GET`` -> ``{"running": bool}``.
+``POST /_sim/fault`` one of
+    ``{"kind": "close", "code": int, "message": str, "channel": str}`` (message, channel optional),
+    ``{"kind": "drop", "channel": str}`` (channel optional),
+    ``{"kind": "ignore_pings", "enabled": bool, "new_connections": bool}``,
+    ``{"kind": "subscribe", "pattern": str, "mode": "error"|"swallow", "count": int|null}``,
+    ``{"kind": "rest", "slug": str, "status": 403|404|500|"hang"|"delay", "count": int|null,
+    "delay": float}``,
+    ``{"kind": "refuse", "count": int, "code": int}``, ``{"kind": "clear"}``
+    -> ``{"ok": true, ...}`` (close/drop also return ``"connections": n``).
+``GET /_sim/channels``
+    -> ``{"channels": [{slug, channel_id, chatroom_id, user_id, username, live}]}``;
+``POST /_sim/channels`` ``{"slug": str, "channel_id": int, "chatroom_id": int, "live": bool}``
+    (ids optional) -> that channel.
+``POST /_sim/options`` ``{"duplicate_on_legacy_alias": bool | float}`` -> the options now in force.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import orjson
+from websockets.http11 import Response
+
+from kichat.errors import ClientInputError
+from kichat.sim.channels import SimChannel
+from kichat.sim.faults import RestStatus
+from kichat.sim.httpio import json_response
+
+if TYPE_CHECKING:
+    from kichat.sim.server import KickSimulator
+
+log = logging.getLogger("kichat.sim")
+
+Body = dict[str, Any]
+Handler = Callable[[Body], Awaitable[object]]
+
+_STATUS_FOR_CODE: Final = {"bench_running": 409}
+_MISSING: Final = object()
+
+
+class ControlApi:
+    def __init__(self, sim: KickSimulator) -> None:
+        self.sim = sim
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/_sim/stats"): self._stats,
+            ("POST", "/_sim/publish"): self._publish,
+            ("POST", "/_sim/event"): self._event,
+            ("POST", "/_sim/script"): self._script,
+            ("POST", "/_sim/bench"): self._bench_start,
+            ("GET", "/_sim/bench"): self._bench_status,
+            ("DELETE", "/_sim/bench"): self._bench_stop,
+            ("POST", "/_sim/traffic"): self._traffic_start,
+            ("GET", "/_sim/traffic"): self._traffic_status,
+            ("DELETE", "/_sim/traffic"): self._traffic_stop,
+            ("POST", "/_sim/fault"): self._fault,
+            ("GET", "/_sim/channels"): self._channels,
+            ("POST", "/_sim/channels"): self._add_channel,
+            ("POST", "/_sim/options"): self._options,
+        }
+
+    async def handle(self, method: str, path: str, query: str, body: bytes) -> Response:
+        handler = self.routes.get((method, path))
+        if handler is None:
+            if any(p == path for _, p in self.routes):
+                return json_response(
+                    405, {"error": f"{method} is not allowed on {path}", "code": "bad_method"}
+                )
+            return json_response(404, {"error": f"no control endpoint {path}", "code": "not_found"})
+        try:
+            result = await handler(_parse(body) if method == "POST" else {})
+        except ClientInputError as exc:
+            log.info("control %s %s refused: %s", method, path, exc)
+            return json_response(
+                _STATUS_FOR_CODE.get(exc.code, 400), {"error": exc.message, "code": exc.code}
+            )
+        except KeyError as exc:
+            return json_response(
+                400, {"error": f"unknown channel {exc.args[0]!r}", "code": "unknown_channel"}
+            )
+        return json_response(200, result)
+
+    # -- endpoints -------------------------------------------------------------------------------
+
+    async def _stats(self, _: Body) -> object:
+        return self.sim.stats()
+
+    async def _publish(self, body: Body) -> object:
+        _only(body, "channel", "event", "data")
+        if "data" not in body:
+            raise ClientInputError("missing_field", "'data' is required (any JSON value)")
+        n = await self.sim.publish(_str(body, "channel"), _str(body, "event"), body["data"])
+        return {"recipients": n}
+
+    async def _event(self, body: Body) -> object:
+        _only(body, "event", "slug")
+        published = await self.sim.publish_generated(_str(body, "event"), _str(body, "slug"))
+        return {
+            "channel": published.channel,
+            "data": published.data,
+            "recipients": published.recipients,
+        }
+
+    async def _script(self, body: Body) -> object:
+        _only(body, "slug", "events", "interval")
+        events = _opt(body, "events", list)
+        if events is not None and not all(isinstance(e, str) for e in events):
+            raise ClientInputError("bad_events", "events must be a list of event names")
+        interval = _number(body, "interval", 0.0)
+        if not 0 <= interval <= 60:
+            raise ClientInputError("bad_interval", "interval must be in [0, 60] seconds")
+        done = await self.sim.run_script(_str(body, "slug"), events, interval)
+        return {
+            "published": [
+                {"event": p.event, "channel": p.channel, "recipients": p.recipients} for p in done
+            ]
+        }
+
+    async def _bench_start(self, body: Body) -> object:
+        _only(body, "chatroom_ids", "rate", "duration")
+        ids = _required(body, "chatroom_ids", list)
+        self.sim.start_bench(ids, _number(body, "rate"), _number(body, "duration"))
+        return {"started": True}
+
+    async def _bench_status(self, _: Body) -> object:
+        b = self.sim.bench
+        return {
+            "running": b.running,
+            "published": {str(k): v for k, v in b.published.items()},
+            "started_at_ns": b.started_at_ns,
+            "finished_at_ns": b.finished_at_ns,
+        }
+
+    async def _bench_stop(self, _: Body) -> object:
+        return {"stopped": await self.sim.stop_bench()}
+
+    async def _traffic_start(self, body: Body) -> object:
+        _only(body, "rate", "slugs", "mix")
+        slugs = _opt(body, "slugs", list)
+        if slugs is not None and not all(isinstance(s, str) for s in slugs):
+            raise ClientInputError("bad_slugs", "slugs must be a list of strings or null")
+        mix = _opt(body, "mix", str) or "realistic"
+        self.sim.start_traffic(_number(body, "rate"), slugs, mix)
+        return {"started": True}
+
+    async def _traffic_status(self, _: Body) -> object:
+        return {"running": self.sim.traffic_running}
+
+    async def _traffic_stop(self, _: Body) -> object:
+        running = self.sim.traffic_running
+        await self.sim.stop_traffic()
+        return {"stopped": running}
+
+    async def _fault(self, body: Body) -> object:
+        kind = _str(body, "kind")
+        sim = self.sim
+        if kind == "close":
+            _only(body, "kind", "code", "message", "channel")
+            n = await sim.close_connections(
+                _int(body, "code"), _opt(body, "message", str), channel=_opt(body, "channel", str)
+            )
+            return {"ok": True, "connections": n}
+        if kind == "drop":
+            _only(body, "kind", "channel")
+            return {
+                "ok": True,
+                "connections": await sim.drop_connections(channel=_opt(body, "channel", str)),
+            }
+        if kind == "ignore_pings":
+            _only(body, "kind", "enabled", "new_connections")
+            enabled = _required(body, "enabled", bool)
+            sim.ignore_pings(enabled, new_connections=bool(_opt(body, "new_connections", bool)))
+            return {"ok": True, "ignore_pings": enabled}
+        if kind == "subscribe":
+            _only(body, "kind", "pattern", "mode", "count")
+            sim.fail_subscriptions(
+                _str(body, "pattern"), _opt(body, "mode", str) or "error", _count(body)
+            )
+            return {"ok": True}
+        if kind == "rest":
+            _only(body, "kind", "slug", "status", "count", "delay")
+            status = body.get("status", _MISSING)
+            if status is _MISSING or isinstance(status, bool) or not isinstance(status, int | str):
+                raise ClientInputError(
+                    "bad_status", "status must be 403, 404, 500, 'hang' or 'delay'"
+                )
+            delay = _number(body, "delay", 0.0)
+            sim.fail_rest(_str(body, "slug"), cast(RestStatus, status), _count(body), delay)
+            return {"ok": True}
+        if kind == "refuse":
+            _only(body, "kind", "count", "code")
+            sim.refuse_connections(_int(body, "count"), _int(body, "code", 4100))
+            return {"ok": True}
+        if kind == "clear":
+            _only(body, "kind")
+            sim.clear_faults()
+            return {"ok": True}
+        raise ClientInputError(
+            "bad_kind", "kind must be close, drop, ignore_pings, subscribe, rest, refuse or clear"
+        )
+
+    async def _channels(self, _: Body) -> object:
+        return {"channels": [_channel_json(c) for c in self.sim.channels]}
+
+    async def _add_channel(self, body: Body) -> object:
+        _only(body, "slug", "channel_id", "chatroom_id", "live")
+        ch = self.sim.add_channel(
+            _str(body, "slug"),
+            _opt_int(body, "channel_id"),
+            _opt_int(body, "chatroom_id"),
+            bool(_opt(body, "live", bool)),
+        )
+        return _channel_json(ch)
+
+    async def _options(self, body: Body) -> object:
+        _only(body, "duplicate_on_legacy_alias")
+        if "duplicate_on_legacy_alias" in body:
+            value = body["duplicate_on_legacy_alias"]
+            if not isinstance(value, bool) and not (
+                isinstance(value, int | float) and 0 <= value <= 1
+            ):
+                raise ClientInputError(
+                    "bad_option", "duplicate_on_legacy_alias must be a bool or a probability"
+                )
+            self.sim.duplicate_on_legacy_alias = value
+        return {"duplicate_on_legacy_alias": self.sim.duplicate_on_legacy_alias}
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _parse(body: bytes) -> Body:
+    if not body:
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ClientInputError("bad_json", f"body is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ClientInputError("bad_json", "body must be a JSON object")
+    return value
+
+
+def _only(body: Body, *keys: str) -> None:
+    extra = sorted(set(body) - set(keys))
+    if extra:
+        raise ClientInputError(
+            "unknown_field", f"unknown field(s) {', '.join(extra)}; allowed: {', '.join(keys)}"
+        )
+
+
+def _required(body: Body, key: str, kind: type) -> Any:
+    value = body.get(key, _MISSING)
+    if value is _MISSING:
+        raise ClientInputError("missing_field", f"'{key}' is required")
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ClientInputError("bad_type", f"'{key}' must be a {kind.__name__}")
+    return value
+
+
+def _opt(body: Body, key: str, kind: type) -> Any:
+    return None if body.get(key) is None else _required(body, key, kind)
+
+
+def _str(body: Body, key: str) -> str:
+    value: str = _required(body, key, str)
+    if not value:
+        raise ClientInputError("bad_type", f"'{key}' must be a non-empty string")
+    return value
+
+
+def _number(body: Body, key: str, default: float | None = None) -> float:
+    if default is not None and body.get(key) is None:
+        return default
+    value = body.get(key, _MISSING)
+    if value is _MISSING:
+        raise ClientInputError("missing_field", f"'{key}' is required")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ClientInputError("bad_type", f"'{key}' must be a number")
+    return float(value)
+
+
+def _int(body: Body, key: str, default: int | None = None) -> int:
+    if default is not None and body.get(key) is None:
+        return default
+    value: int = _required(body, key, int)
+    return value
+
+
+def _opt_int(body: Body, key: str) -> int | None:
+    value: int | None = _opt(body, key, int)
+    return value
+
+
+def _count(body: Body) -> int | None:
+    return _opt_int(body, "count")
+
+
+def _channel_json(ch: SimChannel) -> dict[str, Any]:
+    return {
+        "slug": ch.slug,
+        "channel_id": ch.channel_id,
+        "chatroom_id": ch.chatroom_id,
+        "user_id": ch.user_id,
+        "username": ch.username,
+        "live": ch.livestream is not None,
+    }
