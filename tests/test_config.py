@@ -55,7 +55,10 @@ def test_defaults() -> None:
         "chatrooms.{chatroom_id}.v2",
         "chatrooms.{chatroom_id}",
     )
-    assert settings.relay.channel_channels == ("channel.{channel_id}",)
+    assert settings.relay.channel_channels == (
+        "channel.{channel_id}",
+        "predictions-channel-{channel_id}",
+    )
     assert settings.socketio.recovery_buffer_bytes == 64 * 1024 * 1024
     assert settings.socketio.outbound_buffer_limit == 4 * 1024 * 1024
     assert settings.limits.api_keys == ()
@@ -243,6 +246,7 @@ BAD_VALUES = [
     ("server.trusted_proxies", ("10.0.0.0/33",), "not an IP address or CIDR"),
     ("server.trusted_proxies", ("proxy.local",), "not an IP address or CIDR"),
     ("server.shutdown_timeout", -1.0, "between 0 and 3600"),
+    ("server.socket_send_buffer", -1, "between 0 and"),
     ("server.shutdown_timeout", "soon", "expected a number"),
     ("server.shutdown_timeout", float("nan"), "finite number"),
     ("server.use_uvloop", "maybe", "boolean"),

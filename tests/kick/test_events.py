@@ -104,7 +104,10 @@ def test_default_channels_render() -> None:
         "chatrooms.668.v2",
         "chatrooms.668",
     )
-    assert ev.render_channels(ev.DEFAULT_CHANNEL_CHANNELS, channel_id=676) == ("channel.676",)
+    assert ev.render_channels(ev.DEFAULT_CHANNEL_CHANNELS, channel_id=676) == (
+        "channel.676",
+        "predictions-channel-676",
+    )
 
 
 def test_render_all_aliases_with_both_ids() -> None:

@@ -156,7 +156,9 @@ PREDICTIONS_CHANNEL = "predictions-channel-{channel_id}"
 
 # `.v2` is the primary; the legacy alias still carries a few events of its own (StreamHostedEvent).
 DEFAULT_CHATROOM_CHANNELS: tuple[str, ...] = (CHATROOM_V2_CHANNEL, CHATROOM_LEGACY_CHANNEL)
-DEFAULT_CHANNEL_CHANNELS: tuple[str, ...] = (CHANNEL_DOT_CHANNEL,)
+# Stream lifecycle, followers, gifts and goals arrive on channel.{id}; predictions on their own
+# channel. Both are public, so subscribing costs one upstream subscription each and nothing else.
+DEFAULT_CHANNEL_CHANNELS: tuple[str, ...] = (CHANNEL_DOT_CHANNEL, PREDICTIONS_CHANNEL)
 
 # Pusher's channel-name rule (characters and length).
 _PUSHER_CHANNEL_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,164}")
