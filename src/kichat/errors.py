@@ -16,11 +16,11 @@ Names never shadow built-ins such as ``TimeoutError`` or ``ConnectionError``.
         │   ├── PusherFatalError      close/error code 4000-4099: do not reconnect unchanged
         │   ├── PusherUnavailable     no usable connection right now (transient)
         │   └── SubscriptionError     Kick refused or never acknowledged a subscription
-        └── KickApiError              Kick's REST API (``status`` = the HTTP status we answer with)
+        └── KickApiError              Kick's REST API (``status``: the HTTP status we answer)
             ├── ChannelNotFound       404 from Kick
-            ├── KickBlocked           Kick's edge refused us (403 "Request blocked by security policy.")
+            ├── KickBlocked           Kick's edge refused us (403 "Request blocked by ...")
             ├── KickTimeout           no answer in time
-            └── KickBadResponse       5xx, unexpected status or a body that is not the JSON we expect
+            └── KickBadResponse       5xx, an unexpected status, or a body that is not our JSON
 
 The Socket.IO server (:mod:`kichat.sio`) has its own small tree in :mod:`kichat.sio.errors`
 because it knows nothing of Kick and could live in its own distribution.

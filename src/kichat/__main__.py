@@ -1,0 +1,3 @@
+from kichat.cli import main
+
+raise SystemExit(main())

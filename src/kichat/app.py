@@ -1,0 +1,183 @@
+"""The composition root: builds every part from :class:`~kichat.config.Settings`, owns start-up
+and graceful shutdown.
+
+::
+
+    Kick (Pusher) -> PusherPool -> Gateway.on_upstream_event -> Namespace.emit -> clients
+    clients -> subscribe -> RelayService -> Registry / Gateway.acquire -> PusherPool.subscribe
+    HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops)
+
+Shutdown order: stop accepting; mark not ready; close Socket.IO connections so clients see a
+transport close and reconnect (elsewhere, or here after a restart); close the upstream pool and
+the Kick client; let in-flight HTTP requests finish within ``server.shutdown_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+from prometheus_client import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from kichat.config import Settings
+from kichat.http import HttpServer
+from kichat.kick.api import KickApi
+from kichat.kick.pusher import Backoff, PusherPool
+from kichat.limits import ApiKeys, parse_networks
+from kichat.observability import GatewayCollector, LoopLagMonitor, WebStats
+from kichat.relay import Gateway, Registry, RelayService
+from kichat.sio import Server
+from kichat.web.frontend import Frontend
+from kichat.web.ops import Ops
+from kichat.web.rest import RestApi
+from kichat.web.router import Router
+
+log = logging.getLogger("kichat.app")
+
+_MIN_BODY: Final = 64 * 1024
+
+
+class App:
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        self.settings = s
+        self.stopping = False
+        self.kick = KickApi(
+            s.kick_api.url,
+            timeout=s.kick_api.timeout,
+            retries=s.kick_api.retries,
+            proxy=s.kick_api.proxy or None,
+            headers=s.kick_api.headers,
+            cache_ttl=s.kick_api.channel_cache_ttl,
+            not_found_ttl=s.kick_api.not_found_ttl,
+        )
+        self.pool = PusherPool(
+            s.pusher.url,
+            on_event=self._upstream_event,
+            max_channels_per_connection=s.pusher.max_channels_per_connection,
+            pong_timeout=s.pusher.pong_timeout,
+            subscribe_timeout=s.pusher.subscribe_timeout,
+            subscribe_retries=s.pusher.subscribe_retries,
+            backoff=Backoff(initial=s.pusher.backoff_initial, maximum=s.pusher.backoff_max),
+            fatal_retry_interval=s.pusher.fatal_retry_interval,
+            extra_headers=s.pusher.headers,
+            proxy=s.pusher.proxy or None,
+        )
+        self.sio = Server(
+            ping_interval=s.socketio.ping_interval,
+            ping_timeout=s.socketio.ping_timeout,
+            max_payload=s.socketio.max_payload,
+            connect_timeout=s.socketio.connect_timeout,
+            cors_origins=s.server.cors_origins,
+            recovery=s.socketio.recovery,
+            recovery_window=s.socketio.recovery_window,
+            recovery_buffer_bytes=s.socketio.recovery_buffer_bytes,
+            outbound_buffer_limit=s.socketio.outbound_buffer_limit,
+        )
+        self.nsp = self.sio.of("/")
+        self.registry = Registry()
+        self.gateway = Gateway(
+            self.pool,
+            self.kick,
+            self._broadcast,
+            lambda key: self.registry.count(key) > 0,
+            chatroom_templates=s.relay.chatroom_channels,
+            channel_templates=s.relay.channel_channels,
+            linger=s.relay.linger,
+            dedupe_window=s.relay.dedupe_window,
+        )
+        trusted = parse_networks(s.server.trusted_proxies)
+        api_keys = ApiKeys(tuple(s.limits.api_keys))
+        self.service = RelayService(
+            self.nsp,
+            self.gateway,
+            self.registry,
+            max_subscriptions=s.limits.subscriptions_per_client,
+            subscribe_rate=s.limits.subscribe_rate,
+            connections_per_ip=s.limits.connections_per_ip,
+            api_keys=api_keys,
+            trusted_proxies=trusted,
+        )
+        self.loop_lag = LoopLagMonitor()
+        self.web_stats = WebStats()
+        self.metrics = CollectorRegistry()
+        self.metrics.register(GatewayCollector(self))
+        ProcessCollector(registry=self.metrics)
+        self.router = Router()
+        self.router.mount(s.socketio.path, self.sio.handle)
+        RestApi(self.kick).install(self.router)
+        self.ops = Ops(self, self.metrics)
+        self.ops.install(self.router)
+        self.frontend = Frontend(
+            self.router,
+            rest_per_minute=s.limits.rest_per_minute,
+            api_keys=api_keys,
+            cors_origins=s.server.cors_origins,
+            trusted_proxies=trusted,
+            stats=self.web_stats,
+        )
+        self.http = HttpServer(
+            self.frontend,
+            max_body_size=max(s.socketio.max_payload + 1024, _MIN_BODY),
+            send_buffer_size=s.server.socket_send_buffer or None,
+        )
+
+    # The two glue points of the hot path, kept as plain methods (one call each per event).
+    def _upstream_event(self, channel: str, event: str, data: object) -> None:
+        self.gateway.on_upstream_event(channel, event, data)
+
+    def _broadcast(self, event: str, payload: object, room: str) -> int:
+        return self.nsp.emit(event, payload, to=room)
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    async def start(self) -> None:
+        await self.pool.start()
+        await self.sio.start()
+        self.loop_lag.start()
+        await self.http.start(self.settings.server.host, self.settings.server.port)
+        log.info(
+            "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
+            self.settings.server.host, self.port, self.settings.socketio.path,
+            _redact_url(self.settings.pusher.url),
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        grace = self.settings.server.shutdown_timeout
+        log.info("shutting down (grace period %.1f s)", grace)
+        await self.sio.close()
+        await self.gateway.close()
+        await self.pool.close()
+        await self.http.close(grace_period=grace)
+        await self.kick.aclose()
+        self.loop_lag.stop()
+        log.info("stopped")
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _redact_url(url: str) -> str:
+    """Drop query strings and credentials from a URL for logging."""
+    head = url.split("?", 1)[0]
+    scheme, sep, rest = head.partition("://")
+    if "@" in rest:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a gateway until ``stop`` is set."""
+    async with App(settings):
+        await stop.wait()

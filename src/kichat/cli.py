@@ -1,0 +1,201 @@
+"""The ``kichat`` command.
+
+::
+
+    kichat serve        run the gateway (default 127.0.0.1:3000, upstream: real Kick)
+    kichat demo         the gateway on the built-in Kick simulator, live chat in the terminal
+    kichat simulate     the Kick simulator alone (for tests, benchmarks, your own experiments)
+    kichat check-config print every configuration problem at once (or the settings list)
+    kichat watch        print a chatroom's live events from a running gateway
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from kichat import __version__
+from kichat.app import App, serve
+from kichat.config import (
+    Settings,
+    describe_settings,
+    load_settings,
+    render_settings_markdown,
+    settings_for_display,
+)
+from kichat.errors import ConfigError
+from kichat.observability import configure_logging
+from kichat.sim import KickSimulator
+from kichat.sim.cli import main as simulate_main
+from kichat.watch import watch
+
+DEMO_CHANNELS = (("xqc", "668"), ("moonlitfox", "4100123"))
+
+
+def _settings_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (or KICHAT_CONFIG)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", help="port to listen on (default 3000)")
+    p.add_argument("--pusher-url", help="Kick's Pusher URL (default: real Kick)")
+    p.add_argument("--kick-api-url", help="Kick's REST base URL (default: https://kick.com)")
+    p.add_argument("--log-level", help="debug, info, warning, error")
+    p.add_argument("--log-format", help="text or json")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any setting by its dotted name, e.g. --set limits.rest_per_minute=300",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    flags: dict[str, object] = {
+        "server.host": args.host,
+        "server.port": args.port,
+        "pusher.url": args.pusher_url,
+        "kick_api.url": args.kick_api_url,
+        "log.level": args.log_level,
+        "log.format": args.log_format,
+    }
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError([f"command line: --set expects NAME=VALUE, got {item!r}"])
+        flags[name.strip()] = value
+    return flags
+
+
+def _load(args: argparse.Namespace, **forced: object) -> Settings:
+    return load_settings({**_overrides(args), **forced}, config_path=args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kichat", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
+    p.add_argument("--version", action="version", version=f"kichat {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _settings_arguments(serve)
+
+    demo = sub.add_parser("demo", help="run the gateway on the built-in Kick simulator")
+    _settings_arguments(demo)
+    demo.add_argument("--rate", type=float, default=2.0, help="simulated events/s per channel")
+    demo.add_argument("--quiet", action="store_true", help="do not print the chat")
+
+    sub.add_parser("simulate", help="run the Kick simulator alone", add_help=False)
+
+    check = sub.add_parser("check-config", help="validate the configuration")
+    _settings_arguments(check)
+    check.add_argument("--list", action="store_true", help="list every setting and exit")
+    check.add_argument("--markdown", action="store_true", help="with --list: a Markdown table")
+
+    watch = sub.add_parser("watch", help="print a chatroom's live events from a gateway")
+    watch.add_argument("url", help="the gateway, e.g. http://127.0.0.1:3000")
+    watch.add_argument("channel_name", help="a Kick channel slug, e.g. xqc")
+    watch.add_argument("chatroom_id", help="its chatroom id, e.g. 668")
+    watch.add_argument("--token", help="API key, if the gateway requires one")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        return simulate_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args)
+        if args.command == "watch":
+            configure_logging("warning")
+            return _run(lambda stop: _watch(args, stop))
+        settings = _load(args)
+    except ConfigError as exc:
+        print("configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log.level, settings.log.format)
+    if args.command == "serve":
+        return _run(lambda stop: _serve(settings, stop), settings.server.use_uvloop)
+    return _run(lambda stop: _demo(args, settings, stop), settings.server.use_uvloop)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    if args.list:
+        if args.markdown:
+            print(render_settings_markdown())
+        else:
+            for doc in describe_settings():
+                print(f"{doc.name:38} {doc.env:40} default {doc.default!r}\n    {doc.help}")
+        return 0
+    settings = _load(args)
+    print(json.dumps(settings_for_display(settings), indent=2, default=str))
+    print("configuration OK", file=sys.stderr)
+    return 0
+
+
+def _run(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], use_uvloop: bool = True
+) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop  # noqa: PLC0415  (optional: absent on Windows)
+
+            uvloop.run(runner())
+            return 0
+    asyncio.run(runner())
+    return 0
+
+
+async def _serve(settings: Settings, stop: asyncio.Event) -> None:
+    await serve(settings, stop)
+
+
+async def _watch(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    await watch(args.url, args.channel_name, args.chatroom_id, token=args.token, stop=stop)
+
+
+async def _demo(args: argparse.Namespace, base: Settings, stop: asyncio.Event) -> None:
+    """The gateway with the simulator as its upstream, and a terminal client watching it."""
+    async with KickSimulator(port=0) as sim:
+        settings = load_settings(
+            {**_overrides(args), "pusher.url": sim.pusher_url, "kick_api.url": sim.api_url},
+            config_path=args.config,
+        )
+        async with App(settings) as app:
+            url = f"http://{settings.server.host}:{app.port}"
+            print(_DEMO_BANNER.format(url=url, api=sim.api_url), file=sys.stderr, flush=True)
+            sim.start_traffic(args.rate, slugs=[slug for slug, _ in DEMO_CHANNELS])
+            if args.quiet:
+                await stop.wait()
+            else:
+                await watch(url, *DEMO_CHANNELS[0], stop=stop)
+            await sim.stop_traffic()
+
+
+_DEMO_BANNER = """
+kichat demo: the gateway is serving Socket.IO and REST at {url}
+  upstream: the built-in Kick simulator ({api}), random live traffic on xqc and moonlitfox
+  try, in another terminal:
+    curl {url}/api/v2/channels/xqc
+    kichat watch {url} moonlitfox 4100123
+  and point any Socket.IO client at {url} (subscribe {{channelName: "xqc", chatroomId: "668"}}).
+  Ctrl-C stops everything.
+"""

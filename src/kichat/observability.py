@@ -1,0 +1,275 @@
+"""Logging set-up and metrics, in one place.
+
+Metrics are read from the components' own counters at scrape time (a custom Prometheus
+collector), so hot paths only ever increment plain integers. Every metric is named
+``kichat_*``; no label carries a room, a slug, a client id or anything else a client chooses.
+
+Logger names: ``kichat.http``, ``kichat.sio``, ``kichat.relay``, ``kichat.kick.api``,
+``kichat.kick.pusher``, ``kichat.web``, ``kichat.app``, ``kichat.sim``. Lifecycle changes log
+at INFO, one line each; per-message logs exist only at DEBUG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from kichat.app import App
+
+# -- logging -----------------------------------------------------------------------------------
+
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, plus any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    """Called once, by the CLI; library code never configures handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Third-party chatter that would otherwise log per request at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+# -- event loop lag ----------------------------------------------------------------------------
+
+
+class LoopLagMonitor:
+    """How late a timer fires: the event loop's responsiveness, for /readyz and /metrics."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.lag = 0.0
+        self.max_lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.lag = max(0.0, loop.time() - expected)
+            self.max_lag = max(self.max_lag, self.lag)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
+# -- web counters ------------------------------------------------------------------------------
+
+
+@dataclass
+class WebStats:
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)  # (route, status)
+    rate_limited: Counter[str] = field(default_factory=Counter)  # kind: rest, subscribe, ...
+    unauthorized: int = 0
+
+
+# -- the collector -----------------------------------------------------------------------------
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+class GatewayCollector(Collector):
+    """Reads the running gateway's counters whenever /metrics is scraped."""
+
+    def __init__(self, app: App, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.started = clock()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._downstream()
+        yield from self._relay()
+        yield from self._upstream()
+        yield from self._web()
+
+    def _downstream(self) -> Iterator[Metric]:
+        sio = self.app.sio
+        snap = sio.snapshot()
+        clients = GaugeMetricFamily(
+            "kichat_connected_clients", "Engine.IO connections by transport", labels=["transport"]
+        )
+        for transport in ("websocket", "polling"):
+            clients.add_metric([transport], snap["connections_by_transport"].get(transport, 0))
+        yield clients
+        yield _gauge("kichat_sockets", "Connected Socket.IO sockets", snap["sockets"])
+        yield _gauge(
+            "kichat_detached_sockets",
+            "Sockets that lost their transport and may still recover",
+            snap["detached_sockets"],
+        )
+        yield _gauge("kichat_rooms", "Socket.IO rooms with members", snap["rooms"])
+        yield _gauge(
+            "kichat_recovery_log_bytes",
+            "Bytes kept for connection recovery",
+            snap["recovery_log_bytes"],
+        )
+        st = sio.stats
+        yield _counter("kichat_broadcasts_total", "Broadcast packets encoded", st.broadcasts)
+        yield _counter(
+            "kichat_deliveries_total", "Broadcast packets queued to clients", st.deliveries
+        )
+        yield _counter(
+            "kichat_slow_clients_total", "Clients cut off for not reading", st.slow_clients
+        )
+        yield _counter(
+            "kichat_ping_timeouts_total", "Clients that stopped answering pings", st.ping_timeouts
+        )
+        yield _counter(
+            "kichat_client_parse_errors_total", "Malformed packets from clients", st.parse_errors
+        )
+        recovery = CounterMetricFamily(
+            "kichat_recoveries_total", "Connection state recovery attempts", labels=["result"]
+        )
+        recovery.add_metric(["recovered"], st.recovered)
+        recovery.add_metric(["failed"], st.recovery_failed)
+        yield recovery
+        disconnects = CounterMetricFamily(
+            "kichat_disconnects_total", "Sockets ended, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(st.disconnects.items()):
+            disconnects.add_metric([reason], count)
+        yield disconnects
+
+    def _relay(self) -> Iterator[Metric]:
+        gw = self.app.gateway
+        st = gw.stats
+        yield _gauge("kichat_subscribed_rooms", "Chatroom rooms fed from upstream", gw.active_rooms)
+        yield _gauge(
+            "kichat_upstream_subscriptions", "Pusher channels subscribed", len(gw.upstream_channels)
+        )
+        yield _counter(
+            "kichat_upstream_events_total", "Application events received from Kick", st.events_in
+        )
+        yield _counter("kichat_events_relayed_total", "Events broadcast to rooms", st.events_out)
+        yield _counter(
+            "kichat_duplicates_dropped_total",
+            "Alias copies of an event dropped",
+            st.duplicates_dropped,
+        )
+        yield _counter(
+            "kichat_upstream_malformed_total", "Upstream events with undecodable data", st.malformed
+        )
+        yield _counter(
+            "kichat_channel_lookup_failures_total", "Failed channel-id lookups", st.lookup_failures
+        )
+        subs = CounterMetricFamily(
+            "kichat_subscribe_requests_total", "subscribe calls by outcome", labels=["outcome"]
+        )
+        for outcome, count in sorted(self.app.service.stats.subscribes.items()):
+            subs.add_metric([outcome], count)
+        yield subs
+        refused = CounterMetricFamily(
+            "kichat_refused_connections_total", "Socket.IO connections refused", labels=["reason"]
+        )
+        for reason, count in sorted(self.app.service.stats.refused_connections.items()):
+            refused.add_metric([reason], count)
+        yield refused
+
+    def _upstream(self) -> Iterator[Metric]:
+        status = self.app.pool.status()
+        conns = GaugeMetricFamily(
+            "kichat_upstream_connections", "Pusher connections by state", labels=["state"]
+        )
+        states = Counter(c.state for c in status.connections)
+        for state in ("connecting", "connected", "backoff", "fatal", "closed"):
+            conns.add_metric([state], states.get(state, 0))
+        yield conns
+        yield _gauge(
+            "kichat_upstream_fatal",
+            "1 while Pusher refuses us fatally (e.g. 4001)",
+            int(status.fatal),
+        )
+        reconnects = CounterMetricFamily(
+            "kichat_upstream_reconnects_total", "Upstream reconnects by close code", labels=["code"]
+        )
+        for code, count in sorted(status.reconnects_by_code.items()):
+            reconnects.add_metric([code], count)
+        yield reconnects
+        api = self.app.kick.stats
+        requests = CounterMetricFamily(
+            "kichat_kick_api_requests_total", "Requests to Kick's REST API", labels=["outcome"]
+        )
+        for outcome, count in sorted(api.requests.items()):
+            requests.add_metric([outcome], count)
+        yield requests
+        yield _counter(
+            "kichat_kick_api_cache_hits_total",
+            "Channel lookups answered from cache",
+            api.cache_hits,
+        )
+        yield _counter(
+            "kichat_kick_api_cache_misses_total", "Channel lookups not in cache", api.cache_misses
+        )
+
+    def _web(self) -> Iterator[Metric]:
+        web = self.app.web_stats
+        requests = CounterMetricFamily(
+            "kichat_rest_requests_total",
+            "REST requests by route and status",
+            labels=["route", "status"],
+        )
+        for (route, status), count in sorted(web.requests.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+        limited = CounterMetricFamily(
+            "kichat_rate_limited_total", "Requests refused by a rate limit", labels=["kind"]
+        )
+        for kind, count in sorted(web.rate_limited.items()):
+            limited.add_metric([kind], count)
+        yield limited
+        yield _counter(
+            "kichat_unauthorized_total",
+            "Requests refused for a missing or bad API key",
+            web.unauthorized,
+        )
+        yield _gauge(
+            "kichat_event_loop_lag_seconds", "Delay of a 0.5 s timer", self.app.loop_lag.lag
+        )
+        yield _gauge("kichat_start_time_seconds", "Unix time the gateway started", self.started)
