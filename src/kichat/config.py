@@ -261,6 +261,13 @@ class ServerSettings:
     shutdown_timeout: float = _opt(
         10.0, "Grace period for clients and upstream on shutdown.", check=_between(0, 3600)
     )
+    socket_send_buffer: int = _opt(
+        0,
+        "SO_SNDBUF of client sockets (0: the kernel's autotuning). A cap bounds the kernel"
+        " memory a client that stops reading can pin.",
+        unit="bytes",
+        check=_between(0, 64 * _MIB),
+    )
     use_uvloop: bool = _opt(True, "Use uvloop's event loop when it is installed.")
 
 
