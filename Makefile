@@ -1,0 +1,64 @@
+# kichat: the two commands a fresh clone needs, and a few more.
+#
+#   make demo     the gateway on the built-in Kick simulator, live chat in the terminal
+#   make test     lint, types, and the whole test-suite (what CI runs)
+#
+#   make serve    the gateway against real Kick (ARGS="--port 3000 ...")
+#   make bench    the fan-out benchmark, project and Node.js peer side by side (see bench/)
+#   make conformance SUITE=<dir>   the official Socket.IO protocol suite against our fixture
+#
+# Everything installs into .venv (Python) and tests/js/node_modules (the JS test clients).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kichat-installed
+JS_STAMP := tests/js/node_modules/.kichat-installed
+
+.PHONY: demo serve test lint typecheck pytest bench bench-results conformance clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/kichat demo $(ARGS)
+
+serve: $(STAMP)
+	$(VENV)/bin/kichat serve $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+pytest: $(STAMP) $(JS_STAMP)
+	$(PY) -m pytest $(ARGS)
+	# The core server again on the standard library's event loop (the suite runs on uvloop).
+	KICHAT_TEST_LOOP=asyncio $(PY) -m pytest -q tests/http tests/sio
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(ARGS)
+
+bench-results: $(STAMP)
+	$(PY) bench/run.py --write-results $(ARGS)
+
+# SUITE: a checkout of socketio/socket.io-protocol's test-suite/ (or socket.io's
+# docs/socket.io-protocol/v5-test-suite/) with `npm ci` done in it.
+conformance: $(STAMP)
+	@test -n "$(SUITE)" || (echo "usage: make conformance SUITE=path/to/test-suite" && exit 2)
+	$(PY) -m kichat.sio.conformance --port 3000 $(FIXTURE_ARGS) & pid=$$!; \
+	  sleep 1; (cd "$(SUITE)" && npx mocha test-suite.js); status=$$?; kill $$pid; exit $$status
+
+clean:
+	rm -rf $(VENV) tests/js/node_modules bench/build bench/out .mypy_cache .ruff_cache .pytest_cache
