@@ -129,13 +129,23 @@ def test_open_packet_lists_what_clients_need() -> None:
 # -- recovery log ------------------------------------------------------------------------------
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def _log(window: float = 100.0, max_bytes: int = 10_000) -> RecoveryLog:
-    return RecoveryLog(window, max_bytes)
+    return RecoveryLog(window, max_bytes, clock=Clock())
 
 
 def _publish(log: RecoveryLog, room: str, now: float, frame: bytes | None = None) -> int:
+    assert isinstance(log.clock, Clock)
+    log.clock.now = now
     offset = log.next_offset()
-    log.append(room, offset, frame or f"{room}:{offset}".encode(), now)
+    log.append(room, offset, frame or f"{room}:{offset}".encode())
     return offset
 
 
@@ -187,7 +197,9 @@ def test_dropped_room_frees_its_bytes_and_a_new_room_of_that_name_starts_clean()
     log.drop_room("a")
     assert log.bytes < before
     o = _publish(log, "a", 1)
-    log.expire(500)  # ages everything out, including the dead entries
+    assert isinstance(log.clock, Clock)
+    log.clock.now = 500
+    log.expire()  # ages everything out, including the dead entries
     assert log.bytes == 0
     assert len(log) == 0
     assert log.missed({"a": 0}, o) == []

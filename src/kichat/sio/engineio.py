@@ -59,7 +59,15 @@ def open_packet(
 
 def message_frame(data: bytes) -> bytes:
     """A text MESSAGE packet (``4`` + ``data``) as a WebSocket frame."""
-    return ws.text_frame(b"4" + data)
+    return ws.frame_header(ws.OP_TEXT, len(data) + 1) + b"4" + data
+
+
+def message_frame_of(*parts: bytes | memoryview) -> bytes:
+    """Like :func:`message_frame` for ``data`` given in pieces: one copy, however many."""
+    length = 1
+    for part in parts:
+        length += len(part)
+    return b"".join((ws.frame_header(ws.OP_TEXT, length), b"4", *parts))
 
 
 def check_text_packet(packet: str) -> None:

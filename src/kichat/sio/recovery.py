@@ -20,7 +20,9 @@ Offsets are increasing integers, sent to clients as decimal strings.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -37,14 +39,17 @@ class _RoomLog:
 class _Entry:
     offset: int
     log: _RoomLog
-    frame: bytes
+    frame: bytes  # emptied when its room is dropped, so the memory goes before the entry does
     at: float
 
 
 class RecoveryLog:
-    def __init__(self, window: float, max_bytes: int) -> None:
+    def __init__(
+        self, window: float, max_bytes: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.window = window
         self.max_bytes = max_bytes
+        self.clock = clock
         self.last_offset = 0
         self.bytes = 0
         self._all: deque[_Entry] = deque()
@@ -57,15 +62,17 @@ class RecoveryLog:
         self.last_offset += 1
         return self.last_offset
 
-    def append(self, room: str, offset: int, frame: bytes, now: float) -> None:
+    def append(self, room: str, offset: int, frame: bytes) -> None:
         log = self._rooms.get(room)
         if log is None:
             log = self._rooms[room] = _RoomLog()
+        now = self.clock()
         entry = _Entry(offset, log, frame, now)
         self._all.append(entry)
         log.entries.append(entry)
         self.bytes += len(frame)
-        self._trim(now)
+        if self.bytes > self.max_bytes or self._all[0].at < now - self.window:
+            self._trim(now)
 
     def _trim(self, now: float) -> None:
         horizon = now - self.window
@@ -79,9 +86,9 @@ class RecoveryLog:
             log.entries.popleft()
             log.evicted_through = entry.offset
 
-    def expire(self, now: float) -> None:
+    def expire(self) -> None:
         """Drop what is older than the window (called periodically, even without traffic)."""
-        self._trim(now)
+        self._trim(self.clock())
 
     def drop_room(self, room: str) -> None:
         """Forget a room nobody is in any more (no socket can ask to restore it)."""
@@ -119,7 +126,7 @@ class RecoveryLog:
 
 
 def _tail_after(entries: deque[_Entry], offset: int) -> list[_Entry]:
-    """Entries with ``entry.offset > offset``; they are at the end, so walk from the right."""
+    """Entries with an offset above ``offset``; they are at the end, so walk from the right."""
     tail: list[_Entry] = []
     for entry in reversed(entries):
         if entry.offset <= offset:
