@@ -141,7 +141,7 @@ async def measure(kind: str, clients: int, port: int, reader: Path) -> dict[str,
     )
     try:
         deadline = time.monotonic() + 60
-        while len(conns) < clients and time.monotonic() < deadline:  # noqa: ASYNC110 (polling a count)
+        while len(conns) < clients and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1)
         gc.collect()

@@ -106,6 +106,7 @@ class Connection:
             return
         if self.transport == WEBSOCKET:
             assert self.ws is not None
+            self.server.stats.writes += 1
             if len(queue) == 1:
                 self.ws.write(queue[0])
                 queue.clear()

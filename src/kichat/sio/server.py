@@ -92,6 +92,7 @@ class Stats:
     upgrades: int = 0
     broadcasts: int = 0
     deliveries: int = 0
+    writes: int = 0  # WebSocket writes; deliveries / writes shows how much coalescing happened
     direct_packets: int = 0
     slow_clients: int = 0
     ping_timeouts: int = 0
