@@ -332,8 +332,11 @@ class KickApi:
             target = _CALLER_HEADERS.get(name.lower())
             if target is None:
                 continue
-            if any(c in value for c in "\r\n\0"):
-                raise ClientInputError("invalid_header", f"{name} contains CR, LF or NUL")
+            if any(c in value for c in "\r\n\0") or not value.isascii():
+                # Kick's cookies and tokens are ASCII; anything else cannot be sent faithfully.
+                raise ClientInputError(
+                    "invalid_header", f"{name} must be ASCII without CR, LF or NUL"
+                )
             outgoing[target] = value
         reply = await self._request(method, path, outgoing, idempotent=method == "GET")
         kept = {k: v for k in ("content-type", "retry-after") if (v := reply.headers.get(k))}
