@@ -60,8 +60,11 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Third-party chatter that would otherwise log per request at INFO.
+    # Third-party chatter that would otherwise log per request at INFO. httpcore logs every
+    # response's headers at DEBUG, which for the forwarded user endpoints include the Set-Cookie
+    # of a user's Kick session: it must stay quiet even at log.level=debug.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 

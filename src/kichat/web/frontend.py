@@ -55,6 +55,7 @@ class Frontend:
                 resp = Response.error(
                     405, "method_not_allowed", f"{request.method} not allowed here"
                 )
+                resp.headers.append(("Allow", ", ".join(self.router.allowed(request.path))))
             else:
                 resp = Response.error(404, "not_found", f"no route for {request.path[:100]}")
             return self._count("unmatched", _with(resp, cors))
@@ -76,7 +77,8 @@ class Frontend:
             resp = Response.error(
                 429,
                 "rate_limited",
-                f"at most {self.limiter.rate} requests a minute per address; retry in {seconds} s",
+                f"rate limit: {self.limiter.rate} requests per minute per address (bursts up to "
+                f"{self.limiter.rate}); retry in {seconds} s",
                 retry_after=seconds,
             )
             resp.headers.append(("Retry-After", str(seconds)))
@@ -94,12 +96,18 @@ class Frontend:
         return None
 
     def _cors(self, origin: str | None) -> list[tuple[str, str]]:
-        if origin is None or not ("*" in self.cors_origins or origin in self.cors_origins):
+        if origin is None:
             return []
-        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        if not ("*" in self.cors_origins or origin in self.cors_origins):
+            return [("Vary", "Origin")]  # caches must not reuse another origin's answer
+        return [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Expose-Headers", "Retry-After"),
+            ("Vary", "Origin"),
+        ]
 
     def _preflight(self, request: Request, cors: list[tuple[str, str]]) -> Response:
-        if not cors:
+        if not any(name == "Access-Control-Allow-Origin" for name, _ in cors):
             return Response.error(403, "origin_not_allowed", "this origin may not call the API")
         headers = [*cors, ("Access-Control-Allow-Methods", "GET, POST, PUT, OPTIONS")]
         requested = request.headers.get("access-control-request-headers")

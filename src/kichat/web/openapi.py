@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from kichat import __version__
 from kichat.kick.events import KICHAT_DOCUMENTED_EVENTS
+from kichat.kick.names import MAX_SLUG_LENGTH
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -76,7 +77,14 @@ _CHANNEL_NAME: Final = {
     "in": "path",
     "required": True,
     "description": "A Kick channel slug, e.g. xqc (1-64 of a-z, 0-9, '_' and '-').",
-    "schema": {"type": "string", "examples": ["xqc"]},
+    "schema": {
+        "type": "string",
+        # What kichat.kick.names.parse_slug accepts; anything else is a 400.
+        "pattern": f"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{MAX_SLUG_LENGTH - 1}}}$",
+        "minLength": 1,
+        "maxLength": MAX_SLUG_LENGTH,
+        "examples": ["xqc"],
+    },
 }
 _SOCKET_IO: Final = f"""
 kichat turns kick.com's Pusher chat into a Socket.IO v4 stream.
@@ -117,6 +125,28 @@ def _responses(route_name: str, ok: dict[str, Any] | None) -> dict[str, Any]:
         responses["401"] = json(_ERROR, "No Kick session was passed (or a bad API key)")
     responses["429"] = json(_ERROR, "Rate limited (see Retry-After)")
     return responses
+
+
+def _access(operation: dict[str, Any], route: Route, *, api_keys: bool) -> None:
+    """What the front door answers before a handler runs (kichat.web.frontend): 429 and, when
+    API keys are configured, 401, on rate-limited routes only; probes need no key."""
+    responses = operation["responses"]
+    if not route.limited:
+        responses.pop("429", None)
+        if api_keys:
+            operation["security"] = []
+        return
+    if api_keys:
+        responses.setdefault(
+            "401",
+            {
+                "description": "A missing or wrong API key",
+                "content": {"application/json": {"schema": _ERROR}},
+            },
+        )
+        if route.name in ("followed", "livestreams"):
+            # Authorization carries the caller's Kick session here: only X-API-Key works.
+            operation["security"] = [{"apiKey": []}]
 
 
 _OK_SCHEMAS: Final[dict[str, dict[str, Any] | None]] = {
@@ -185,6 +215,7 @@ def document(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
                     {"name": "X-Kick-Cookie", "in": "header", "schema": {"type": "string"}},
                     {"name": "Authorization", "in": "header", "schema": {"type": "string"}},
                 ]
+        _access(operation, route, api_keys=bool(settings.limits.api_keys))
         paths.setdefault(route.pattern, {})[route.method.lower()] = operation
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -84,6 +84,8 @@ class Ops:
                 "fatal": pool.fatal,
                 "fatal_error": pool.fatal_error,
                 "channels": pool.channels,
+                # Pool-wide, closed connections included (as kichat_upstream_reconnects_total).
+                "reconnects": dict(pool.reconnects_by_code),
                 "connections": [
                     {
                         "id": c.id,
@@ -102,12 +104,24 @@ class Ops:
                 "cache_misses": app.kick.stats.cache_misses,
                 "state": app.kick.stats.upstream_state,
             },
+            "rest": self._rest_figures(),
             "top_chatrooms": [
                 {"chatroomId": key.chatroom_id, "channelName": key.slug, "clients": n}
                 for key, n in app.registry.top(10)
             ],
             "event_loop_lag_seconds": round(app.loop_lag.lag, 4),
             "ready": not self.not_ready_reasons(),
+        }
+
+    def _rest_figures(self) -> dict[str, Any]:
+        web = self.app.web_stats
+        requests: dict[str, dict[str, int]] = {}
+        for (route, status), count in sorted(web.requests.items()):
+            requests.setdefault(route, {})[str(status)] = count
+        return {
+            "requests": requests,
+            "rate_limited": dict(web.rate_limited),
+            "unauthorized": web.unauthorized,
         }
 
     async def routes(self, request: Request, params: dict[str, str]) -> Response:

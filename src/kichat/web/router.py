@@ -47,7 +47,7 @@ class Router:
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         """(route, params, path_exists): a known path with another method gives 405."""
-        parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()
+        parts = _parts(path)
         path_exists = False
         for route in self.routes:
             params = _match(route.segments, parts)
@@ -57,6 +57,20 @@ class Router:
             if route.method == method or (method == "HEAD" and route.method == "GET"):
                 return route, params, True
         return None, {}, path_exists
+
+    def allowed(self, path: str) -> list[str]:
+        """The methods answered at ``path``, for the ``Allow`` header a 405 must carry."""
+        parts = _parts(path)
+        methods = {r.method for r in self.routes if _match(r.segments, parts) is not None}
+        if not methods:
+            return []
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods | {"OPTIONS"})  # OPTIONS: CORS preflights of every known path
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    return tuple(path.strip("/").split("/")) if path.strip("/") else ()
 
 
 def _match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> dict[str, str] | None:
