@@ -99,6 +99,7 @@ class App:
             connections_per_ip=s.limits.connections_per_ip,
             api_keys=api_keys,
             trusted_proxies=trusted,
+            upstream_refusal=lambda: self.pool.status().fatal_error,
         )
         self.loop_lag = LoopLagMonitor()
         self.web_stats = WebStats()
@@ -161,7 +162,11 @@ class App:
         log.info("stopped")
 
     async def __aenter__(self) -> App:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()  # e.g. a busy port: stop the upstream already started
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

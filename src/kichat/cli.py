@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from websockets.exceptions import WebSocketException
+
 from kichat import __version__
 from kichat.app import App, serve
 from kichat.config import (
@@ -29,7 +31,7 @@ from kichat.config import (
     render_settings_markdown,
     settings_for_display,
 )
-from kichat.errors import ConfigError
+from kichat.errors import ConfigError, KichatError
 from kichat.observability import configure_logging
 from kichat.sim import KickSimulator
 from kichat.sim.cli import main as simulate_main
@@ -118,15 +120,20 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging("warning")
             return _run(lambda stop: _watch(args, stop))
         settings = _load(args)
+        configure_logging(settings.log.level, settings.log.format)
+        if args.command == "serve":
+            return _run(lambda stop: _serve(settings, stop), settings.server.use_uvloop)
+        return _run(lambda stop: _demo(args, settings, stop), settings.server.use_uvloop)
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    configure_logging(settings.log.level, settings.log.format)
-    if args.command == "serve":
-        return _run(lambda stop: _serve(settings, stop), settings.server.use_uvloop)
-    return _run(lambda stop: _demo(args, settings, stop), settings.server.use_uvloop)
+    except (KichatError, OSError, WebSocketException) as exc:
+        # A busy port, an unreachable or refusing gateway: the operator's to fix, not a bug,
+        # so one line and no traceback.
+        print(f"kichat {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _check_config(args: argparse.Namespace) -> int:

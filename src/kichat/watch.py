@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import connect
 
+from kichat.errors import ClientInputError
 from kichat.sio.parser import loads
 
 log = logging.getLogger("kichat.watch")
@@ -91,12 +92,24 @@ async def _session(
             elif msg.startswith("40"):
                 await ws.send("421" + subscribe)
             elif msg.startswith("44"):
-                raise RuntimeError(f"the gateway refused the connection: {msg[2:]}")
+                raise _refusal(loads(msg[2:]), "the gateway refused the connection")
             elif msg.startswith("431"):
                 reply = loads(msg[3:])[0]
-                state = "ok" if reply.get("ok") else f"refused: {reply.get('error')}"
-                print(f"subscribed to {reply.get('channelName')}: {state}", file=out, flush=True)
+                if not reply.get("ok"):
+                    # Nothing will ever arrive: say why and stop, rather than wait forever.
+                    raise _refusal(reply.get("error"), "the gateway refused the subscription")
+                print(f"subscribed to {reply.get('channelName')}: ok", file=out, flush=True)
             elif msg.startswith("42"):
                 args = loads(msg[2:])
                 data = args[1] if len(args) > 1 else None
                 print(format_event(args[0], data, color=color), file=out, flush=True)
+
+
+def _refusal(detail: Any, fallback: str) -> ClientInputError:
+    """A refusal from the gateway (``{code, message}``, possibly under ``data``) as an error."""
+    if isinstance(detail, dict) and isinstance(detail.get("data"), dict):
+        detail = detail["data"]
+    if not isinstance(detail, dict):
+        return ClientInputError("refused", f"{fallback}: {detail!r}")
+    code = str(detail.get("code") or "refused")
+    return ClientInputError(code, str(detail.get("message") or fallback))

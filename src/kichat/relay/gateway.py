@@ -15,8 +15,9 @@ quick re-subscribe never churns upstream.
 
 The hot path, :meth:`Gateway.on_upstream_event`, runs once per upstream event: decode Kick's
 data once, drop the copy of an event already delivered from another alias of the same
-chatroom or channel, add ``channel_name`` and hand the payload to the broadcaster, which
-encodes it once per room.
+chatroom or channel (same event name and ``id``, or the same JSON text for events without an
+occurrence id), add ``channel_name`` and hand the payload to the broadcaster, which encodes it
+once per room.
 """
 
 from __future__ import annotations
@@ -222,8 +223,12 @@ class Gateway:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("undecodable %s on %s: %.200r", event, channel, raw)
             return
-        if self._group_sizes.get(route.group, 0) > 1:
+        if self._group_sizes.get(route.group, 0) > 1 and self.dedupe.window > 0:
             ident = kick_events.event_id(data, event)
+            if ident is None and isinstance(raw, str):
+                # No occurrence id (pins, polls, subscriptions, chatroom updates, ...): a copy on
+                # an alias carries the very same JSON text, which then identifies the occurrence.
+                ident = raw
             if ident is not None and self.dedupe.is_copy(route.group, event, ident, channel):
                 stats.duplicates_dropped += 1
                 return

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +60,11 @@ class RelayService:
         connections_per_ip: int = 10,
         api_keys: ApiKeys | None = None,
         trusted_proxies: Iterable[Network] = (),
+        upstream_refusal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.nsp = nsp
+        # Why Kick refuses the gateway as a whole (a fatal Pusher error), or None.
+        self.upstream_refusal = upstream_refusal
         self.gateway = gateway
         self.registry = registry
         self.max_subscriptions = max_subscriptions
@@ -113,6 +116,7 @@ class RelayService:
                 return
             self._check_rate(sock)
             self._check_capacity(sock)
+            self._check_upstream()
         except ClientInputError as exc:
             self._fail(sock, ack, exc, args)
             return
@@ -148,6 +152,15 @@ class RelayService:
             raise ClientInputError(
                 "too_many_subscriptions",
                 f"a client may subscribe to at most {self.max_subscriptions} chatrooms",
+            )
+
+    def _check_upstream(self) -> None:
+        # A room already active would answer from memory: while Kick refuses the gateway,
+        # nothing reaches it, so a new subscriber hears so, like the subscriber of a new room.
+        refusal = self.upstream_refusal()
+        if refusal is not None:
+            raise ClientInputError(
+                "upstream_unavailable", f"Kick's chat service refused the gateway ({refusal})"
             )
 
     def _check_rate(self, sock: Socket) -> None:
