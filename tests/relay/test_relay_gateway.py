@@ -1,0 +1,443 @@
+"""kichat.relay.gateway with a small in-memory upstream and channel directory.
+
+The fakes are not a Pusher: just objects with ``subscribe``/``unsubscribe`` and ``channel(slug)``
+whose answers each test controls (resolve, refuse, hold). Time-based behaviour uses ``linger=0``
+(the timer fires on the next loop iteration) or a long linger, and the dedupe window a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from kichat.errors import ChannelNotFound, KickBlocked, SubscriptionError
+from kichat.relay import Gateway, RoomInfo, RoomKey
+
+XQC = RoomKey(668, "xqc")
+FAN = RoomKey(668, "xqc-fan")
+V2, LEGACY, STREAM, PREDICTIONS = (
+    "chatrooms.668.v2", "chatrooms.668", "channel.676", "predictions-channel-676",
+)  # fmt: skip
+ALL = (V2, LEGACY, STREAM, PREDICTIONS)
+CHAT = "App\\Events\\ChatMessageEvent"
+UPDATED = "App\\Events\\ChatroomUpdatedEvent"
+PINNED = "App\\Events\\PinnedMessageCreatedEvent"
+
+
+class FakeUpstream:
+    """Subscriptions succeed at once unless ``hold`` is set (then ``release_held`` answers them)
+    or the channel is in ``refuse``. ``gate``, when set, holds every unsubscribe until set."""
+
+    def __init__(self) -> None:
+        self.subscribed: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.refuse: set[str] = set()
+        self.hold = False
+        self.held: dict[str, asyncio.Future[None]] = {}
+        self.gate: asyncio.Event | None = None
+
+    async def subscribe(self, channel: str) -> None:
+        self.calls.append(("subscribe", channel))
+        if self.hold:
+            future = self.held[channel] = asyncio.get_running_loop().create_future()
+            await future
+        if channel in self.refuse:
+            raise SubscriptionError(channel, "refused by the fake")
+        self.subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.calls.append(("unsubscribe", channel))
+        if self.gate is not None:
+            await self.gate.wait()
+        self.subscribed.discard(channel)
+
+    def release_held(self) -> None:
+        for future in self.held.values():
+            if not future.done():
+                future.set_result(None)
+
+    def count(self, op: str, channel: str) -> int:
+        return self.calls.count((op, channel))
+
+
+@dataclass(frozen=True)
+class Info:
+    id: int
+    chatroom_id: int
+
+
+class FakeDirectory:
+    def __init__(self) -> None:
+        self.channels = {"xqc": Info(676, 668), "moonlitfox": Info(4100456, 4100123)}
+        self.lookups: Counter[str] = Counter()
+        self.blocked: set[str] = set()
+
+    async def channel(self, slug: str) -> Info:
+        self.lookups[slug] += 1
+        await asyncio.sleep(0)
+        if slug in self.blocked:
+            raise KickBlocked("Kick's edge blocked the request (fake)", upstream_status=403)
+        if slug not in self.channels:
+            raise ChannelNotFound(f"no channel {slug!r}")
+        return self.channels[slug]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Relay:
+    gateway: Gateway
+    upstream: FakeUpstream
+    directory: FakeDirectory
+    sent: list[tuple[str, Any, str]]
+    users: Counter[RoomKey]
+    clock: Clock
+
+    def event(self, channel: str, event: str, data: Any) -> list[tuple[str, Any, str]]:
+        """Feed one upstream event (data JSON-encoded, as Kick sends it); return the broadcasts."""
+        before = len(self.sent)
+        self.gateway.on_upstream_event(channel, event, json.dumps(data))
+        return self.sent[before:]
+
+
+def make(linger: float = 0.0, **options: Any) -> Relay:
+    upstream, directory, clock = FakeUpstream(), FakeDirectory(), Clock()
+    sent: list[tuple[str, Any, str]] = []
+    users: Counter[RoomKey] = Counter()
+
+    def broadcast(event: str, payload: object, room: str) -> int:
+        sent.append((event, payload, room))
+        return 1
+
+    options.setdefault("directory", directory)
+    gateway = Gateway(
+        upstream,
+        options.pop("directory"),
+        broadcast,
+        lambda key: users[key] > 0,
+        linger=linger,
+        clock=clock,
+        **options,
+    )
+    return Relay(gateway, upstream, directory, sent, users, clock)
+
+
+async def settle() -> None:
+    """Let every ready callback and task run (the fakes do no I/O)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# -- activation -------------------------------------------------------------------------------
+
+
+async def test_concurrent_acquires_share_one_activation() -> None:
+    r = make()
+    r.upstream.hold = True
+    r.users[XQC] = 30
+    waiters = [asyncio.ensure_future(r.gateway.acquire(XQC)) for _ in range(30)]
+    await settle()
+    assert r.upstream.calls == [("subscribe", V2)]  # the others wait on the same activation
+    assert not any(w.done() for w in waiters)
+    while len(r.upstream.held) < len(ALL):
+        r.upstream.release_held()
+        await settle()
+    r.upstream.release_held()
+    infos = await asyncio.gather(*waiters)
+    assert set(infos) == {RoomInfo(stream_events=True, channel_id=676)}
+    assert r.upstream.calls == [("subscribe", c) for c in ALL]
+    assert r.directory.lookups == {"xqc": 1}
+    assert r.gateway.stats.activations == 1
+    assert r.gateway.upstream_channels == set(ALL)
+    # Once active, acquire answers from memory.
+    assert await r.gateway.acquire(XQC) == infos[0]
+    assert len(r.upstream.calls) == len(ALL)
+
+
+async def test_failed_subscribe_rolls_back_and_fails_every_waiter() -> None:
+    r = make()
+    r.upstream.refuse = {LEGACY}
+    results = await asyncio.gather(
+        *(r.gateway.acquire(XQC) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(e, SubscriptionError) for e in results)
+    assert r.upstream.calls == [("subscribe", V2), ("subscribe", LEGACY), ("unsubscribe", V2)]
+    assert r.upstream.subscribed == set()
+    assert r.gateway.upstream_channels == frozenset()
+    assert r.gateway.info(XQC) is None
+    assert r.gateway.stats.activation_failures == 1
+    assert r.directory.lookups == {}  # no lookup for a room that could not be fed
+    # The next attempt starts afresh.
+    r.upstream.refuse = set()
+    assert (await r.gateway.acquire(XQC)).stream_events is True
+    assert r.upstream.subscribed == set(ALL)
+
+
+async def test_rollback_keeps_channels_another_key_holds() -> None:
+    r = make()
+    r.users[FAN] = 1
+    await r.gateway.acquire(FAN)  # chatroom channels only: Kick does not know xqc-fan
+    r.upstream.refuse = {STREAM}
+    info = await r.gateway.acquire(XQC)
+    # Stream channels refused: chat still flows, with a warning; the shared channels stay.
+    assert info.stream_events is False
+    assert info.warning_code == "stream_events_unavailable"
+    assert "refused" in (info.warning or "")
+    assert r.upstream.subscribed == {V2, LEGACY}
+    assert r.upstream.count("subscribe", V2) == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("blocked", "could not look up channel 'xqc'"),
+        ("unknown", "could not look up channel 'xqc'"),
+        ("other-chatroom", "has chatroom 4100123, not 668"),
+        ("no-directory", "lookup, which is disabled"),
+    ],
+)
+async def test_stream_events_unavailable_leaves_chat_flowing(case: str, expected: str) -> None:
+    r = make(directory=None) if case == "no-directory" else make()
+    if case == "blocked":
+        r.directory.blocked.add("xqc")
+    elif case == "unknown":
+        del r.directory.channels["xqc"]
+    elif case == "other-chatroom":
+        r.directory.channels["xqc"] = Info(4100456, 4100123)
+    info = await r.gateway.acquire(XQC)
+    assert info.stream_events is False
+    assert info.warning_code == "stream_events_unavailable"
+    assert expected in (info.warning or "")
+    assert r.upstream.subscribed == {V2, LEGACY}
+    assert r.gateway.stats.lookup_failures == (1 if case in ("blocked", "unknown") else 0)
+    r.users[XQC] = 1
+    assert r.event(V2, CHAT, {"id": "m1"}) == [(CHAT, {"id": "m1", "channel_name": "xqc"},
+                                                XQC.room)]  # fmt: skip
+
+
+async def test_no_channel_templates_means_no_lookup_and_no_warning() -> None:
+    r = make(channel_templates=())
+    assert await r.gateway.acquire(XQC) == RoomInfo(stream_events=False)
+    assert r.directory.lookups == {}
+    assert r.upstream.subscribed == {V2, LEGACY}
+
+
+# -- release -----------------------------------------------------------------------------------
+
+
+async def test_release_waits_for_the_linger_then_unsubscribes_everything() -> None:
+    r = make(linger=0.0)
+    await r.gateway.acquire(XQC)
+    r.gateway.release(XQC)
+    assert ("unsubscribe", V2) not in r.upstream.calls  # not synchronously
+    await settle()
+    assert r.upstream.subscribed == set()
+    assert sorted(c for op, c in r.upstream.calls if op == "unsubscribe") == sorted(ALL)
+    assert r.gateway.info(XQC) is None
+    assert r.gateway.stats.deactivations == 1
+    assert r.gateway.upstream_channels == frozenset()
+
+
+async def test_linger_over_rechecks_the_registry() -> None:
+    r = make(linger=0.0)
+    await r.gateway.acquire(XQC)
+    r.users[XQC] = 1  # someone subscribed again meanwhile (without calling acquire yet)
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.subscribed == set(ALL)
+    assert r.gateway.stats.deactivations == 0
+    r.users[XQC] = 0
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.subscribed == set()
+
+
+async def test_reacquire_during_the_linger_keeps_the_subscription() -> None:
+    r = make(linger=60.0)
+    await r.gateway.acquire(XQC)
+    r.gateway.release(XQC)
+    r.gateway.release(XQC)  # a second release does not add a second timer
+    info = await r.gateway.acquire(XQC)
+    assert info.stream_events is True
+    await settle()
+    assert [op for op, _ in r.upstream.calls] == ["subscribe"] * len(ALL)
+    assert r.gateway.stats.activations == 1
+    await r.gateway.close()
+
+
+async def test_acquire_between_linger_expiry_and_deactivation_wins() -> None:
+    r = make(linger=0.0)
+    await r.gateway.acquire(XQC)
+    r.gateway.release(XQC)
+    await asyncio.sleep(0)  # the timer fired: a deactivation task is scheduled, not yet run
+    r.users[XQC] = 1  # the service registers before it acquires
+    assert (await r.gateway.acquire(XQC)).stream_events is True
+    await settle()
+    assert r.upstream.subscribed == set(ALL)
+    assert r.gateway.stats.deactivations == 0
+
+
+async def test_acquire_racing_a_deactivation_in_progress_resubscribes_after_it() -> None:
+    r = make(linger=0.0)
+    await r.gateway.acquire(XQC)
+    r.upstream.gate = asyncio.Event()
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.calls[-1] == ("unsubscribe", V2)  # held mid-deactivation
+    r.users[XQC] = 1
+    again = asyncio.ensure_future(r.gateway.acquire(XQC))
+    await settle()
+    assert not again.done()  # waits for the deactivation to finish
+    r.upstream.gate.set()
+    assert (await again).stream_events is True
+    ops = r.upstream.calls[len(ALL) :]
+    assert ops == [("unsubscribe", c) for c in ALL] + [("subscribe", c) for c in ALL]
+    assert r.upstream.subscribed == set(ALL)
+    assert r.gateway.info(XQC) is not None
+
+
+async def test_shared_channels_outlive_one_key() -> None:
+    r = make(linger=0.0)
+    await r.gateway.acquire(XQC)
+    await r.gateway.acquire(FAN)
+    assert r.upstream.count("subscribe", V2) == 1
+    r.users[FAN] = 1
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.subscribed == {V2, LEGACY}  # the stream channels were xqc's alone
+    r.users[FAN] = 0
+    r.gateway.release(FAN)
+    await settle()
+    assert r.upstream.subscribed == set()
+
+
+# -- the hot path --------------------------------------------------------------------------------
+
+
+async def active(r: Relay, *keys: RoomKey) -> None:
+    for key in keys:
+        r.users[key] += 1
+        await r.gateway.acquire(key)
+
+
+async def test_copy_on_another_alias_is_dropped() -> None:
+    r = make()
+    await active(r, XQC)
+    data = {"id": "m1", "content": "hi"}
+    assert len(r.event(V2, CHAT, data)) == 1
+    assert r.event(LEGACY, CHAT, data) == []
+    assert r.gateway.stats.duplicates_dropped == 1
+    # The same id on another event name is another event.
+    assert len(r.event(LEGACY, "App\\Events\\MessageDeletedEvent", {"id": "m1"})) == 1
+
+
+async def test_same_event_twice_on_one_channel_is_kept() -> None:
+    r = make()
+    await active(r, XQC)
+    data = {"id": "m1", "content": "hi"}
+    assert len(r.event(V2, CHAT, data)) == 1
+    assert len(r.event(V2, CHAT, data)) == 1
+    assert len(r.event(LEGACY, CHAT, data)) == 0
+    assert r.gateway.stats.duplicates_dropped == 1
+
+
+async def test_chatroom_updates_are_never_deduped_by_their_id() -> None:
+    r = make()
+    await active(r, XQC)
+    slow = {"id": 668, "slow_mode": {"enabled": True, "message_interval": 5}}
+    fast = {"id": 668, "slow_mode": {"enabled": False, "message_interval": 5}}
+    # Successive updates share the chatroom's id: every one is delivered, on any alias.
+    assert len(r.event(V2, UPDATED, slow)) == 1
+    assert len(r.event(LEGACY, UPDATED, fast)) == 1
+    assert len(r.event(V2, UPDATED, slow)) == 1
+    assert len(r.event(V2, UPDATED, slow)) == 1
+    assert r.gateway.stats.duplicates_dropped == 0
+
+
+async def test_copy_without_an_id_is_recognised_by_its_text() -> None:
+    # Pins, polls, subscriptions and chatroom updates carry no occurrence id; a copy on an
+    # alias is the same JSON text (found by test_e2e_chatservice with duplicate_on_legacy_alias).
+    r = make()
+    await active(r, XQC)
+    pin = {"message": {"id": "m1"}, "duration": 20}
+    assert len(r.event(V2, PINNED, pin)) == 1
+    assert r.event(LEGACY, PINNED, pin) == []
+    assert len(r.event(V2, "App\\Events\\PollDeleteEvent", [])) == 1
+    assert r.event(LEGACY, "App\\Events\\PollDeleteEvent", []) == []
+    update = {"id": 668, "slow_mode": {"enabled": True}}
+    assert len(r.event(V2, UPDATED, update)) == 1
+    assert r.event(LEGACY, UPDATED, update) == []
+    assert r.gateway.stats.duplicates_dropped == 3
+    # Different text is a different occurrence.
+    assert len(r.event(LEGACY, PINNED, {**pin, "duration": 30})) == 1
+
+
+async def test_dedupe_forgets_after_its_window() -> None:
+    r = make(dedupe_window=10.0)
+    await active(r, XQC)
+    data = {"id": "m1"}
+    assert len(r.event(V2, CHAT, data)) == 1
+    r.clock.now += 10.5
+    assert len(r.event(LEGACY, CHAT, data)) == 1
+    assert len(r.gateway.dedupe) == 1  # the old entry was swept
+
+
+async def test_single_alias_rooms_do_no_dedupe_work() -> None:
+    r = make(chatroom_templates=("chatrooms.{chatroom_id}.v2",), channel_templates=())
+    await active(r, XQC)
+    for _ in range(2):
+        assert len(r.event(V2, CHAT, {"id": "m1"})) == 1
+    assert len(r.gateway.dedupe) == 0
+
+
+async def test_each_slug_gets_its_own_channel_name() -> None:
+    r = make()
+    await active(r, XQC, FAN)
+    sent = r.event(V2, CHAT, {"id": "m1", "content": "hi", "channel_name": "kick's own"})
+    assert sorted(sent, key=lambda s: s[2]) == [
+        (CHAT, {"id": "m1", "content": "hi", "channel_name": "xqc"}, XQC.room),
+        (CHAT, {"id": "m1", "content": "hi", "channel_name": "xqc-fan"}, FAN.room),
+    ]
+    assert sent[0][1] is not sent[1][1]
+    empty = r.event(V2, "App\\Events\\PinnedMessageDeletedEvent", [])
+    assert sorted(p["channel_name"] for _, p, _ in empty) == ["xqc", "xqc-fan"]
+    # Stream events are xqc's only: Kick does not know xqc-fan.
+    assert [room for _, _, room in r.event(STREAM, "App\\Events\\StreamerIsLive", {})] == [XQC.room]
+    assert r.gateway.stats.events_out == 5
+
+
+async def test_malformed_and_unrouted_events_are_counted_and_dropped() -> None:
+    r = make()
+    await active(r, XQC)
+    r.gateway.on_upstream_event(V2, CHAT, '{"id": "m1", "content": ')
+    r.gateway.on_upstream_event(V2, CHAT, "NaN")
+    r.gateway.on_upstream_event("chatrooms.999.v2", CHAT, '{"id": "x"}')
+    assert r.sent == []
+    assert r.gateway.stats.malformed == 2
+    assert r.gateway.stats.unrouted == 1
+    assert r.gateway.stats.events_in == 3
+    # The relay carries on.
+    assert len(r.event(V2, CHAT, {"id": "m2"})) == 1
+
+
+async def test_dedupe_window_zero_disables_dedupe() -> None:
+    # relay.dedupe_window: "0 disables". With a clock that has not moved (coarse clocks do
+    # that within one event burst), a copy used to be dropped all the same.
+    r = make(dedupe_window=0.0)
+    await active(r, XQC)
+    data = {"id": "m1"}
+    assert len(r.event(V2, CHAT, data)) == 1
+    assert len(r.event(LEGACY, CHAT, data)) == 1
+    assert r.gateway.stats.duplicates_dropped == 0
+    assert len(r.gateway.dedupe) == 0

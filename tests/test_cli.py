@@ -1,0 +1,307 @@
+"""The ``kichat`` command as real processes: check-config, serve, demo, watch, --help.
+
+The gateway processes talk to an in-process Kick simulator on loopback; ``watch`` runs against
+an in-process gateway. Every process is stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import socketio
+
+from kichat.app import App
+from kichat.config import describe_settings, load_settings
+from kichat.sim import KickSimulator
+
+from conftest import UNIT
+
+LISTENING = re.compile(r"kichat listening on (http://127\.0\.0\.1:\d+)")
+DEMO_URL = re.compile(r"serving Socket.IO and REST at (http://127\.0\.0\.1:\d+)")
+CHAT = "App\\Events\\ChatMessageEvent"
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    # KICHAT_* from the developer's shell must not change what the tests see.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KICHAT_")}
+    env.update(extra or {})
+    return env
+
+
+async def run_kichat(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30 * UNIT
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kichat", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(env),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Process:
+    """A long-running ``python -m kichat ...``; its output lines are collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = asyncio.Event()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            asyncio.ensure_future(self._read(proc.stdout, self.out)),
+            asyncio.ensure_future(self._read(proc.stderr, self.err)),
+        ]
+
+    async def _read(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
+        while raw := await stream.readline():
+            lines.append(raw.decode().rstrip("\n"))
+            self._changed.set()
+        self._changed.set()
+
+    async def line(self, where: str, predicate: Callable[[str], bool], within: float) -> str:
+        lines = self.out if where == "out" else self.err
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    for text in lines:
+                        if predicate(text):
+                            return text
+                    if self.proc.returncode is not None and all(r.done() for r in self._readers):
+                        break
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+        raise AssertionError(f"no matching line on std{where}; stderr:\n" + "\n".join(self.err))
+
+    async def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), 15 * UNIT)
+        await asyncio.wait(self._readers, timeout=5 * UNIT)
+        return code
+
+
+@asynccontextmanager
+async def kichat_process(*args: str) -> AsyncIterator[Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "kichat", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
+    )  # fmt: skip
+    process = Process(proc)
+    try:
+        yield process
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        for reader in process._readers:
+            reader.cancel()
+
+
+async def _eventually(predicate: Callable[[], bool], within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {predicate}"
+        await asyncio.sleep(0.02)
+
+
+# -- check-config ---------------------------------------------------------------------------------
+
+
+async def test_check_config_prints_every_problem_and_exits_2() -> None:
+    code, out, err = await run_kichat(
+        "check-config", "--port", "70000", "--pusher-url", "http://example.com/app/x",
+        "--set", "relay.linger=-1", "--set", "limits.subscribe_rate=many",
+        "--set", "relay.lingr=1",
+        env={"KICHAT_LOG_LEVEL": "loud"},
+    )  # fmt: skip
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    for name in ("server.port", "pusher.url", "relay.linger", "limits.subscribe_rate",
+                 "log.level"):  # fmt: skip
+        assert sum(p.startswith(f"  - {name} (") for p in problems) == 1, (name, err)
+    assert "  - command line: unknown setting relay.lingr (did you mean relay.linger?)" in problems
+    assert len(problems) == 6
+
+
+async def test_check_config_ok_prints_the_settings_with_secrets_hidden() -> None:
+    code, out, err = await run_kichat(
+        "check-config", "--port", "0", "--set", "limits.api_keys=s3cret-key"
+    )
+    assert code == 0
+    assert "configuration OK" in err
+    shown = json.loads(out)
+    assert shown["server"]["port"] == 0
+    assert "s3cret-key" not in out
+    assert shown["limits"]["api_keys"] == [shown["limits"]["api_keys"][0]] != ["s3cret-key"]
+
+
+async def test_check_config_list() -> None:
+    code, out, _ = await run_kichat("check-config", "--list")
+    assert code == 0
+    docs = describe_settings()
+    for doc in docs:
+        assert re.search(rf"^{re.escape(doc.name)}\s+{re.escape(doc.env)}\s", out, re.M), doc.name
+    code, out, _ = await run_kichat("check-config", "--list", "--markdown")
+    assert code == 0
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Setting |")
+    assert len(rows) == len(docs) + 1  # the header (the separator row starts with "|-")
+
+
+async def test_help_and_version() -> None:
+    code, out, _ = await run_kichat("--help")
+    assert code == 0
+    for command in ("serve", "demo", "simulate", "check-config", "watch"):
+        assert command in out
+    code, out, _ = await run_kichat("--version")
+    assert code == 0
+    assert re.fullmatch(r"kichat \d+\.\d+\.\d+\S*\n", out)
+    code, _, err = await run_kichat("frobnicate")
+    assert code == 2
+    assert "invalid choice" in err
+
+
+# -- serve and demo -------------------------------------------------------------------------------
+
+
+async def test_serve_answers_health_and_exits_cleanly_on_sigterm() -> None:
+    async with KickSimulator(port=0) as sim:
+        async with kichat_process(
+            "serve", "--port", "0", "--pusher-url", sim.pusher_url, "--kick-api-url", sim.api_url
+        ) as proc:
+            line = await proc.line("err", LISTENING.search, 20 * UNIT)
+            match = LISTENING.search(line)
+            assert match is not None
+            url = match.group(1)
+            async with httpx.AsyncClient(base_url=url, timeout=5 * UNIT) as http:
+                health = await http.get("/healthz")
+                assert (health.status_code, health.json()) == (200, {"status": "ok"})
+                await _eventually(lambda: sim.connection_count == 1, 10 * UNIT)
+                assert (await http.get("/readyz")).json() == {"status": "ready"}
+            assert await proc.terminate() == 0
+            await _eventually(lambda: sim.connection_count == 0, 5 * UNIT)
+            assert any(line.endswith("stopped") for line in proc.err)
+            assert not [line for line in proc.err if "Traceback" in line or "ERROR" in line]
+
+
+async def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        code, _, err = await run_kichat(
+            "serve", "--port", port, "--pusher-url", "ws://127.0.0.1:9/app/k?protocol=7",
+            "--kick-api-url", "http://127.0.0.1:9",
+        )  # fmt: skip
+    assert code == 2
+    assert "address already in use" in err.lower()
+    assert "Traceback" not in err
+
+
+async def test_demo_serves_the_simulated_chat() -> None:
+    async with kichat_process("demo", "--quiet", "--port", "0", "--rate", "20") as proc:
+        line = await proc.line("err", DEMO_URL.search, 20 * UNIT)
+        match = DEMO_URL.search(line)
+        assert match is not None
+        url = match.group(1)
+        async with httpx.AsyncClient(base_url=url, timeout=5 * UNIT) as http:
+            channel = (await http.get("/api/v2/channels/xqc")).json()
+            assert channel["chatroom"]["id"] == 668
+        client = socketio.AsyncClient(reconnection=False)
+        got: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        @client.on(CHAT)  # type: ignore[misc]
+        async def on_chat(data: dict[str, Any]) -> None:
+            await got.put(data)
+
+        await client.connect(url, transports=["websocket"], auth={"recovery": False})
+        try:
+            reply = await client.call(
+                "subscribe", {"channelName": "xqc", "chatroomId": "668"}, timeout=5 * UNIT
+            )
+            assert reply["ok"] is True
+            chat = await asyncio.wait_for(got.get(), 10 * UNIT)
+            assert chat["channel_name"] == "xqc"
+            assert chat["chatroom_id"] == 668
+        finally:
+            await client.disconnect()
+        assert await proc.terminate() == 0
+        assert proc.out == []  # --quiet
+
+
+async def test_demo_prints_the_live_chat() -> None:
+    async with kichat_process("demo", "--port", "0", "--rate", "20") as proc:
+        first = await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT)
+        assert first == "subscribed to xqc: ok"
+        chat = await proc.line("out", lambda s: s.startswith("[xqc] "), 10 * UNIT)
+        assert re.fullmatch(r"\[xqc\] (\S+: .*|<\w+> \{.*)", chat)
+        assert await proc.terminate() == 0
+
+
+# -- watch ----------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def gateway(**overrides: object) -> AsyncIterator[tuple[KickSimulator, str]]:
+    async with KickSimulator(port=0) as sim:
+        settings = load_settings(
+            {"server.port": 0, "pusher.url": sim.pusher_url, "kick_api.url": sim.api_url,
+             "relay.linger": 0.0, **overrides},
+            env={},
+        )  # fmt: skip
+        async with App(settings) as app:
+            yield sim, f"http://127.0.0.1:{app.port}"
+
+
+async def test_watch_prints_chat_lines_from_a_running_gateway() -> None:
+    async with (
+        gateway() as (sim, url),
+        kichat_process("watch", url, "xqc", "668") as proc,
+    ):
+        assert await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT) == (
+            "subscribed to xqc: ok"
+        )
+        data = await sim.publish_event(CHAT, "xqc")
+        expected = f"[xqc] {data['sender']['username']}: {data['content']}"
+        await proc.line("out", lambda s: s == expected, 10 * UNIT)
+        await sim.publish_event("App\\Events\\UserBannedEvent", "xqc")
+        banned = await proc.line("out", lambda s: "<UserBannedEvent>" in s, 10 * UNIT)
+        assert banned.startswith("[xqc] <UserBannedEvent> {")
+        assert "\033[" not in "".join(proc.out)  # no colours when stdout is not a terminal
+        assert await proc.terminate() == 0
+
+
+async def test_watch_reports_an_unreachable_gateway_in_one_line() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        code, _, err = await run_kichat("watch", url, "xqc", "668")
+    assert code == 2
+    assert "Traceback" not in err
+    assert "refused" in err.lower()
+
+
+async def test_watch_reports_a_refused_connection_or_subscription() -> None:
+    async with gateway(**{"limits.api_keys": ["right-key"]}) as (_, url):
+        code, _, err = await run_kichat("watch", url, "xqc", "668", "--token", "wrong")
+        assert (code, "Traceback" in err) == (2, False)
+        assert "unauthorized" in err
+        code, _, err = await run_kichat("watch", url, "xqc", "x1", "--token", "right-key")
+        assert (code, "Traceback" in err) == (2, False)
+        assert "invalid_chatroom_id" in err
