@@ -312,12 +312,6 @@ async def test_client_gone_while_its_subscribe_waits_leaves_nothing_behind() -> 
         assert stack.app.nsp.room_size(XQC.room) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kichat.kick.pusher.connection: a re-subscribe refused after a reconnect is never "
-    "sent again on that socket (only after the next reconnect), so the room gets no chat while "
-    "/readyz says ready and new subscribers are told ok",
-)
 async def test_replayed_subscribe_refused_once_is_tried_again() -> None:
     timeout = 0.3 * UNIT
     async with gateway_stack({"pusher.subscribe_timeout": timeout}) as stack:

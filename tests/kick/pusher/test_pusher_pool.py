@@ -286,6 +286,21 @@ async def test_never_acknowledged_subscribe_fails_after_the_retries(
         assert pool.channels == frozenset({B})
 
 
+async def test_a_replay_nobody_acknowledges_is_tried_again_later(
+    sim: Any, recorder: Recorder
+) -> None:
+    """A channel that worked stays desired when its replay is ignored: after the retries on the
+    new socket it is tried again with a growing delay, until Pusher answers."""
+    timeout = 0.2 * UNIT
+    async with make_pool(sim, recorder, subscribe_timeout=timeout, subscribe_retries=1) as pool:
+        await pool.subscribe(A)
+        sim.fail_subscriptions(A, mode="swallow", count=3)  # two sends on the socket, and one more
+        await sim.drop_connections()
+        await eventually(lambda: sim.subscribers(A) == 1, 10 * UNIT, "the replay to succeed")
+        await publish_and_receive(sim, recorder, A, "back after an ignored replay")
+        assert pool.channels == frozenset({A})
+
+
 async def test_subscription_error_is_a_subscription_error(sim: Any, recorder: Recorder) -> None:
     sim.fail_subscriptions("chatrooms.*", mode="error")
     async with make_pool(sim, recorder) as pool:

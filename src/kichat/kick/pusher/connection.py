@@ -101,10 +101,15 @@ class ConnectionStatus:
     fatal_error: str | None
 
 
+# A channel that used to work and is refused (or ignored) after a reconnect stays desired: its
+# room hears nothing until it is back, so it is tried again, the delay doubling up to this.
+_REPLAY_RETRY_MAX = 60.0
+
+
 class _Subscription:
     """One desired channel. ``future`` is set until the first acknowledgement."""
 
-    __slots__ = ("acked", "attempts", "cap", "future", "send_deadline")
+    __slots__ = ("acked", "attempts", "cap", "future", "replay_failures", "send_deadline")
 
     def __init__(self, future: asyncio.Future[None] | None, cap: float | None) -> None:
         self.future = future
@@ -112,6 +117,7 @@ class _Subscription:
         self.acked = False
         self.attempts = 0  # subscribes sent on the current socket
         self.send_deadline: float | None = None  # re-send if no ack by then
+        self.replay_failures = 0  # refused or unanswered replays since the last ack
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -318,6 +324,12 @@ class PusherConnection:
         if self._on_channel_dropped is not None:
             self._on_channel_dropped(channel)
 
+    def _retry_replay_later(self, sub: _Subscription, now: float) -> None:
+        sub.replay_failures += 1
+        sub.attempts = 0
+        delay = min(_REPLAY_RETRY_MAX, self._subscribe_timeout * 2 ** (sub.replay_failures - 1))
+        sub.send_deadline = now + delay
+
     def _check_subscriptions(self, now: float) -> None:
         proto = self._proto
         connected = proto is not None and proto.state is ProtocolState.CONNECTED
@@ -338,7 +350,7 @@ class PusherConnection:
                 assert proto is not None
                 if sub.attempts > self._subscribe_retries:
                     log.error("pusher[%d] %r: re-subscribe never acknowledged", self.id, channel)
-                    sub.send_deadline = None
+                    self._retry_replay_later(sub, now)
                     continue
                 log.info("pusher[%d] %r: no ack, re-sending subscribe", self.id, channel)
                 proto.subscribe(channel)
@@ -570,6 +582,7 @@ class PusherConnection:
         sub.acked = True
         sub.send_deadline = None
         sub.cap = None
+        sub.replay_failures = 0
         future, sub.future = sub.future, None
         if future is not None and not future.done():
             future.set_result(None)
@@ -585,10 +598,11 @@ class PusherConnection:
             log.info("pusher[%d] subscription to %r refused: %s", self.id, event.channel, detail)
             self._drop(event.channel, SubscriptionError(event.channel, detail))
         else:
-            # A replay of a channel that used to work: keep it desired (the next reconnect tries
-            # again) but stop re-sending on this socket.
+            # A replay of a channel that used to work: keep it desired and try again later.
             log.error("pusher[%d] re-subscribe to %r refused: %s", self.id, event.channel, detail)
-            sub.send_deadline = None
+            assert self._loop is not None
+            self._retry_replay_later(sub, self._loop.time())
+            self._arm_timer()
 
     def _stale(self, reason: str) -> None:
         log.warning("pusher[%d] connection stale: %s; dropping it", self.id, reason)
