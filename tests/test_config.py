@@ -247,6 +247,7 @@ BAD_VALUES = [
     ("server.trusted_proxies", ("proxy.local",), "not an IP address or CIDR"),
     ("server.shutdown_timeout", -1.0, "between 0 and 3600"),
     ("server.socket_send_buffer", -1, "between 0 and"),
+    ("relay.stream_lookup_wait", 61, "between 0 and 60"),
     ("server.shutdown_timeout", "soon", "expected a number"),
     ("server.shutdown_timeout", float("nan"), "finite number"),
     ("server.use_uvloop", "maybe", "boolean"),

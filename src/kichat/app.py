@@ -100,6 +100,7 @@ class App:
             api_keys=api_keys,
             trusted_proxies=trusted,
             upstream_refusal=lambda: self.pool.status().fatal_error,
+            stream_lookup_wait=s.relay.stream_lookup_wait,
         )
         self.loop_lag = LoopLagMonitor()
         self.web_stats = WebStats()

@@ -415,6 +415,12 @@ class RelaySettings:
         "Drop an event seen again on an alias channel within this window (0 disables).",
         check=_between(0, 3600),
     )
+    stream_lookup_wait: float = _opt(
+        2.0,
+        "How long a subscribe reply waits for the channel lookup stream events need (chat"
+        " flows meanwhile; later replies say stream_events_pending).",
+        check=_between(0, 60),
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

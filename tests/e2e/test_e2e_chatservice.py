@@ -61,8 +61,12 @@ async def test_contract_chatservice_receives_each_event_once_and_intact(transpor
         await eventually(
             lambda: app.nsp.room_size(XQC.room) == 1, 10 * UNIT, "the example's subscription"
         )
-        info = app.gateway.info(XQC)
-        assert info is not None and info.stream_events  # LivestreamUpdated needs channel.676
+        # LivestreamUpdated needs channel.676, subscribed in the background once chat flows.
+        await eventually(
+            lambda: (info := app.gateway.info(XQC)) is not None and info.stream_events,
+            10 * UNIT,
+            "stream events",
+        )
 
         published = [(name, await stack.sim.publish_event(name, "xqc")) for name in CONTRACT_EVENTS]
         marker = await stack.sim.publish_event(CHAT, "xqc")  # arrives after everything above

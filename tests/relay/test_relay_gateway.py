@@ -17,6 +17,7 @@ import pytest
 
 from kichat.errors import ChannelNotFound, KickBlocked, SubscriptionError
 from kichat.relay import Gateway, RoomInfo, RoomKey
+from kichat.relay.gateway import STREAM_PENDING
 
 XQC = RoomKey(668, "xqc")
 FAN = RoomKey(668, "xqc-fan")
@@ -76,10 +77,13 @@ class FakeDirectory:
         self.channels = {"xqc": Info(676, 668), "moonlitfox": Info(4100456, 4100123)}
         self.lookups: Counter[str] = Counter()
         self.blocked: set[str] = set()
+        self.gate: asyncio.Event | None = None  # when set, lookups wait for it (a slow Kick)
 
     async def channel(self, slug: str) -> Info:
         self.lookups[slug] += 1
         await asyncio.sleep(0)
+        if self.gate is not None:
+            await self.gate.wait()
         if slug in self.blocked:
             raise KickBlocked("Kick's edge blocked the request (fake)", upstream_status=403)
         if slug not in self.channels:
@@ -133,6 +137,12 @@ def make(linger: float = 0.0, **options: Any) -> Relay:
     return Relay(gateway, upstream, directory, sent, users, clock)
 
 
+async def feed(r: Relay, key: RoomKey) -> RoomInfo:
+    """Acquire ``key`` (its chat flows) and wait for the outcome of its stream channels."""
+    await r.gateway.acquire(key)
+    return await r.gateway.stream_info(key)
+
+
 async def settle() -> None:
     """Let every ready callback and task run (the fakes do no I/O)."""
     for _ in range(20):
@@ -154,14 +164,16 @@ async def test_concurrent_acquires_share_one_activation() -> None:
         r.upstream.release_held()
         await settle()
     r.upstream.release_held()
-    infos = await asyncio.gather(*waiters)
-    assert set(infos) == {RoomInfo(stream_events=True, channel_id=676)}
+    await asyncio.gather(*waiters)
+    info = await r.gateway.stream_info(XQC)
+    assert info == RoomInfo(stream_events=True, channel_id=676)
     assert r.upstream.calls == [("subscribe", c) for c in ALL]
     assert r.directory.lookups == {"xqc": 1}
     assert r.gateway.stats.activations == 1
     assert r.gateway.upstream_channels == set(ALL)
     # Once active, acquire answers from memory.
-    assert await r.gateway.acquire(XQC) == infos[0]
+    await r.gateway.acquire(XQC)
+    assert r.gateway.info(XQC) == info
     assert len(r.upstream.calls) == len(ALL)
 
 
@@ -180,7 +192,7 @@ async def test_failed_subscribe_rolls_back_and_fails_every_waiter() -> None:
     assert r.directory.lookups == {}  # no lookup for a room that could not be fed
     # The next attempt starts afresh.
     r.upstream.refuse = set()
-    assert (await r.gateway.acquire(XQC)).stream_events is True
+    assert (await feed(r, XQC)).stream_events is True
     assert r.upstream.subscribed == set(ALL)
 
 
@@ -189,7 +201,7 @@ async def test_rollback_keeps_channels_another_key_holds() -> None:
     r.users[FAN] = 1
     await r.gateway.acquire(FAN)  # chatroom channels only: Kick does not know xqc-fan
     r.upstream.refuse = {STREAM}
-    info = await r.gateway.acquire(XQC)
+    info = await feed(r, XQC)
     # Stream channels refused: chat still flows, with a warning; the shared channels stay.
     assert info.stream_events is False
     assert info.warning_code == "stream_events_unavailable"
@@ -215,7 +227,7 @@ async def test_stream_events_unavailable_leaves_chat_flowing(case: str, expected
         del r.directory.channels["xqc"]
     elif case == "other-chatroom":
         r.directory.channels["xqc"] = Info(4100456, 4100123)
-    info = await r.gateway.acquire(XQC)
+    info = await feed(r, XQC)
     assert info.stream_events is False
     assert info.warning_code == "stream_events_unavailable"
     assert expected in (info.warning or "")
@@ -228,8 +240,73 @@ async def test_stream_events_unavailable_leaves_chat_flowing(case: str, expected
 
 async def test_no_channel_templates_means_no_lookup_and_no_warning() -> None:
     r = make(channel_templates=())
-    assert await r.gateway.acquire(XQC) == RoomInfo(stream_events=False)
+    assert await feed(r, XQC) == RoomInfo(stream_events=False)
     assert r.directory.lookups == {}
+    assert r.upstream.subscribed == {V2, LEGACY}
+
+
+async def test_chat_flows_while_the_channel_lookup_hangs() -> None:
+    r = make()
+    r.directory.gate = asyncio.Event()  # Kick's REST API does not answer (yet)
+    r.users[XQC] = 1
+    await r.gateway.acquire(XQC)  # returns with the chatroom channels up
+    assert r.upstream.subscribed == {V2, LEGACY}
+    assert r.event(V2, CHAT, {"id": "m1"}) == [
+        (CHAT, {"id": "m1", "channel_name": "xqc"}, XQC.room)
+    ]
+    assert await r.gateway.stream_info(XQC, within=0.01) == STREAM_PENDING
+    assert r.gateway.info(XQC) == STREAM_PENDING
+    r.directory.gate.set()
+    assert await r.gateway.stream_info(XQC) == RoomInfo(stream_events=True, channel_id=676)
+    assert r.upstream.subscribed == set(ALL)
+
+
+async def test_room_released_during_the_lookup_leaves_nothing_subscribed() -> None:
+    r = make(linger=0.0)
+    r.directory.gate = asyncio.Event()
+    await r.gateway.acquire(XQC)
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.subscribed == set()  # the chatroom channels are gone already
+    r.directory.gate.set()  # the lookup ends after the room: its stream channels go at once
+    await settle()
+    assert r.upstream.subscribed == set()
+    assert r.gateway.upstream_channels == frozenset()
+
+
+async def test_reactivation_racing_an_old_stream_task_keeps_its_own_holds() -> None:
+    r = make(linger=0.0)
+    r.directory.gate = asyncio.Event()
+    await r.gateway.acquire(XQC)  # first activation: its stream task waits on the lookup
+    r.gateway.release(XQC)
+    await settle()
+    r.users[XQC] = 1
+    await r.gateway.acquire(XQC)  # second activation: another stream task, same key
+    r.directory.gate.set()  # both lookups end; the first task's room is gone
+    assert (await r.gateway.stream_info(XQC)).stream_events is True
+    await settle()
+    assert r.upstream.subscribed == set(ALL)  # the old task released only what it held
+    r.users[XQC] = 0
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.subscribed == set()
+
+
+async def test_a_channel_being_unsubscribed_is_subscribed_again_only_after() -> None:
+    r = make(linger=0.0, channel_templates=())
+    await r.gateway.acquire(XQC)
+    r.upstream.gate = asyncio.Event()  # Pusher is slow to take the unsubscribe
+    r.gateway.release(XQC)
+    await settle()
+    assert r.upstream.calls[-1] == ("unsubscribe", V2)
+    fan = asyncio.ensure_future(r.gateway.acquire(FAN))  # another key, the same chatroom
+    await settle()
+    assert ("subscribe", V2) not in r.upstream.calls[2:]  # waits for the unsubscribe
+    r.upstream.gate.set()
+    await fan
+    later = r.upstream.calls[2:]
+    for name in (V2, LEGACY):  # per channel: the unsubscribe lands before the new subscribe
+        assert later.index(("unsubscribe", name)) < later.index(("subscribe", name))
     assert r.upstream.subscribed == {V2, LEGACY}
 
 
@@ -238,7 +315,7 @@ async def test_no_channel_templates_means_no_lookup_and_no_warning() -> None:
 
 async def test_release_waits_for_the_linger_then_unsubscribes_everything() -> None:
     r = make(linger=0.0)
-    await r.gateway.acquire(XQC)
+    await feed(r, XQC)
     r.gateway.release(XQC)
     assert ("unsubscribe", V2) not in r.upstream.calls  # not synchronously
     await settle()
@@ -251,7 +328,7 @@ async def test_release_waits_for_the_linger_then_unsubscribes_everything() -> No
 
 async def test_linger_over_rechecks_the_registry() -> None:
     r = make(linger=0.0)
-    await r.gateway.acquire(XQC)
+    await feed(r, XQC)
     r.users[XQC] = 1  # someone subscribed again meanwhile (without calling acquire yet)
     r.gateway.release(XQC)
     await settle()
@@ -265,10 +342,10 @@ async def test_linger_over_rechecks_the_registry() -> None:
 
 async def test_reacquire_during_the_linger_keeps_the_subscription() -> None:
     r = make(linger=60.0)
-    await r.gateway.acquire(XQC)
+    await feed(r, XQC)
     r.gateway.release(XQC)
     r.gateway.release(XQC)  # a second release does not add a second timer
-    info = await r.gateway.acquire(XQC)
+    info = await feed(r, XQC)
     assert info.stream_events is True
     await settle()
     assert [op for op, _ in r.upstream.calls] == ["subscribe"] * len(ALL)
@@ -278,11 +355,11 @@ async def test_reacquire_during_the_linger_keeps_the_subscription() -> None:
 
 async def test_acquire_between_linger_expiry_and_deactivation_wins() -> None:
     r = make(linger=0.0)
-    await r.gateway.acquire(XQC)
+    await feed(r, XQC)
     r.gateway.release(XQC)
     await asyncio.sleep(0)  # the timer fired: a deactivation task is scheduled, not yet run
     r.users[XQC] = 1  # the service registers before it acquires
-    assert (await r.gateway.acquire(XQC)).stream_events is True
+    assert (await feed(r, XQC)).stream_events is True
     await settle()
     assert r.upstream.subscribed == set(ALL)
     assert r.gateway.stats.deactivations == 0
@@ -290,13 +367,13 @@ async def test_acquire_between_linger_expiry_and_deactivation_wins() -> None:
 
 async def test_acquire_racing_a_deactivation_in_progress_resubscribes_after_it() -> None:
     r = make(linger=0.0)
-    await r.gateway.acquire(XQC)
+    await feed(r, XQC)
     r.upstream.gate = asyncio.Event()
     r.gateway.release(XQC)
     await settle()
     assert r.upstream.calls[-1] == ("unsubscribe", V2)  # held mid-deactivation
     r.users[XQC] = 1
-    again = asyncio.ensure_future(r.gateway.acquire(XQC))
+    again = asyncio.ensure_future(feed(r, XQC))
     await settle()
     assert not again.done()  # waits for the deactivation to finish
     r.upstream.gate.set()
@@ -309,8 +386,8 @@ async def test_acquire_racing_a_deactivation_in_progress_resubscribes_after_it()
 
 async def test_shared_channels_outlive_one_key() -> None:
     r = make(linger=0.0)
-    await r.gateway.acquire(XQC)
-    await r.gateway.acquire(FAN)
+    await feed(r, XQC)
+    await feed(r, FAN)
     assert r.upstream.count("subscribe", V2) == 1
     r.users[FAN] = 1
     r.gateway.release(XQC)
@@ -328,7 +405,7 @@ async def test_shared_channels_outlive_one_key() -> None:
 async def active(r: Relay, *keys: RoomKey) -> None:
     for key in keys:
         r.users[key] += 1
-        await r.gateway.acquire(key)
+        await feed(r, key)
 
 
 async def test_copy_on_another_alias_is_dropped() -> None:

@@ -4,10 +4,13 @@ Activation of a :class:`RoomKey` (its first subscriber), under a per-key lock:
 
 1. subscribe the chatroom's Pusher channels (``chatrooms.{id}.v2`` and the legacy alias by
    default), each shared and reference-counted across keys; if any fails, what this
-   activation subscribed is released again (rollback) and the error goes to every waiter;
-2. look the slug up on Kick's REST API for its channel id and subscribe the stream channels
-   (``channel.{id}``). A failed lookup, or a slug whose chatroom is not the one asked for,
-   leaves chat flowing and reports ``stream_events_unavailable``.
+   activation subscribed is released again (rollback) and the error goes to every waiter.
+   Then :meth:`Gateway.acquire` returns: chat flows.
+2. In the background, look the slug up on Kick's REST API for its channel id and subscribe the
+   stream channels (``channel.{id}``, ``predictions-channel-{id}``). Chat never waits for this:
+   Kick's REST API can be slow or blocked. A failed lookup, or a slug whose chatroom is not the
+   one asked for, leaves chat flowing and reports ``stream_events_unavailable``;
+   :meth:`Gateway.stream_info` tells subscribers, waiting a bounded time for the outcome.
 
 Concurrent first subscribers share one activation. Release (the last subscriber left) waits
 ``linger`` seconds, then re-checks the registry before unsubscribing, so a page reload or a
@@ -23,13 +26,14 @@ once per room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from kichat.errors import KickApiError, UpstreamError
 from kichat.kick import events as kick_events
@@ -59,12 +63,19 @@ Broadcast = Callable[[str, object, str], int]  # (event, payload, room) -> recip
 
 @dataclass(frozen=True, slots=True)
 class RoomInfo:
-    """What a subscriber is told about its room."""
+    """What a subscriber is told about its room's stream events."""
 
     stream_events: bool
     channel_id: int | None = None
     warning_code: str | None = None
     warning: str | None = None
+
+
+STREAM_PENDING = RoomInfo(
+    stream_events=False,
+    warning_code="stream_events_pending",
+    warning="still looking the channel up on Kick: stream events start when that completes",
+)
 
 
 @dataclass
@@ -85,14 +96,17 @@ class _Channel:
     """One upstream Pusher channel and the rooms it feeds."""
 
     group: str  # aliases of one chatroom (or channel) share a group, for dedupe
-    keys: set[RoomKey] = field(default_factory=set)
+    # How many holds each key has on the channel. A key can hold a channel twice for a moment:
+    # a room released and activated again while its old stream task still finishes.
+    users: Counter[RoomKey] = field(default_factory=Counter)
     ready: asyncio.Future[None] | None = None
 
 
 @dataclass
 class _Active:
-    info: RoomInfo
-    channels: list[str]
+    chat: list[str]
+    outcome: asyncio.Future[RoomInfo]  # the stream channels' outcome, set by the stream task
+    stream: list[str] = field(default_factory=list)
 
 
 class Deduper:
@@ -105,23 +119,24 @@ class Deduper:
     def __init__(self, window: float, clock: Callable[[], float]) -> None:
         self.window = window
         self._clock = clock
-        self._seen: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
+        self._seen: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._order: deque[tuple[float, tuple[str, str, str]]] = deque()
 
     def is_copy(self, group: str, event: str, ident: str, channel: str) -> bool:
         now = self._clock()
-        seen = self._seen
+        seen, order = self._seen, self._order
         horizon = now - self.window
-        while seen:
-            first_key, (_, at) = next(iter(seen.items()))
-            if at >= horizon:
-                break
-            del seen[first_key]
+        while order and order[0][0] < horizon:
+            at, old = order.popleft()
+            entry = seen.get(old)
+            if entry is not None and entry[1] == at:
+                del seen[old]
         key = (group, event, ident)
         previous = seen.get(key)
         if previous is not None and previous[0] != channel:
             return True
         seen[key] = (channel, now)
-        seen.move_to_end(key)
+        order.append((now, key))
         return False
 
     def __len__(self) -> int:
@@ -154,7 +169,8 @@ class Gateway:
         self._channels: dict[str, _Channel] = {}
         self._group_sizes: dict[str, int] = {}
         self._active: dict[RoomKey, _Active] = {}
-        self._pending: dict[RoomKey, asyncio.Task[RoomInfo]] = {}
+        self._pending: dict[RoomKey, asyncio.Task[None]] = {}
+        self._unsubscribing: dict[str, asyncio.Future[None]] = {}
         # Weak values: a lock lives exactly as long as someone holds or awaits it.
         self._locks: weakref.WeakValueDictionary[RoomKey, asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -164,21 +180,39 @@ class Gateway:
 
     # -- public --------------------------------------------------------------------------------
 
-    async def acquire(self, key: RoomKey) -> RoomInfo:
-        """Make sure ``key`` is fed from upstream; raise :class:`UpstreamError` if it cannot be."""
+    async def acquire(self, key: RoomKey) -> None:
+        """Make sure ``key``'s chat is fed from upstream; raise :class:`UpstreamError` if it
+        cannot be. Stream channels follow in the background (see :meth:`stream_info`)."""
         timer = self._lingering.pop(key, None)
         if timer is not None:
             timer.cancel()
-        active = self._active.get(key)
-        if active is not None:
-            return active.info
+        if key in self._active:
+            return
         task = self._pending.get(key)
         if task is None:
             task = asyncio.create_task(self._activate(key))
             self._pending[key] = task
             task.add_done_callback(lambda _: self._pending.pop(key, None))
         # A caller that gives up (disconnect) must not cancel the activation the others share.
-        return await asyncio.shield(task)
+        await asyncio.shield(task)
+
+    async def stream_info(self, key: RoomKey, within: float | None = None) -> RoomInfo:
+        """The outcome of ``key``'s stream channels, waiting for it at most ``within`` seconds
+        (``None``: until it is known); :data:`STREAM_PENDING` if it is not known by then."""
+        active = self._active.get(key)
+        if active is None:
+            return STREAM_PENDING
+        if not active.outcome.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(active.outcome), within)
+        return active.outcome.result() if active.outcome.done() else STREAM_PENDING
+
+    def info(self, key: RoomKey) -> RoomInfo | None:
+        """What is known now of an active room's stream events (``None``: not active)."""
+        active = self._active.get(key)
+        if active is None:
+            return None
+        return active.outcome.result() if active.outcome.done() else STREAM_PENDING
 
     def release(self, key: RoomKey) -> None:
         """``key`` lost its last subscriber: unsubscribe after ``linger`` unless it is back."""
@@ -186,10 +220,6 @@ class Gateway:
             return
         loop = asyncio.get_running_loop()
         self._lingering[key] = loop.call_later(self.linger, self._linger_over, key)
-
-    def info(self, key: RoomKey) -> RoomInfo | None:
-        active = self._active.get(key)
-        return active.info if active is not None else None
 
     @property
     def upstream_channels(self) -> frozenset[str]:
@@ -213,7 +243,7 @@ class Gateway:
         stats = self.stats
         stats.events_in += 1
         route = self._channels.get(channel)
-        if route is None or not route.keys:
+        if route is None or not route.users:
             stats.unrouted += 1
             return
         try:
@@ -232,7 +262,7 @@ class Gateway:
             if ident is not None and self.dedupe.is_copy(route.group, event, ident, channel):
                 stats.duplicates_dropped += 1
                 return
-        keys = route.keys
+        keys = route.users
         if len(keys) == 1:
             for key in keys:
                 self.broadcast(event, kick_events.with_channel_name(data, key.slug), key.room)
@@ -251,11 +281,10 @@ class Gateway:
             lock = self._locks[key] = asyncio.Lock()
         return lock
 
-    async def _activate(self, key: RoomKey) -> RoomInfo:
+    async def _activate(self, key: RoomKey) -> None:
         async with self._lock(key):
-            active = self._active.get(key)
-            if active is not None:
-                return active.info
+            if key in self._active:
+                return
             group = f"chatroom:{key.chatroom_id}"
             names = kick_events.render_channels(
                 self.chatroom_templates, chatroom_id=key.chatroom_id
@@ -269,14 +298,28 @@ class Gateway:
                 self.stats.activation_failures += 1
                 await self._release_channels(key, held)
                 raise
-            info, stream = await self._stream_channels(key)
-            self._active[key] = _Active(info, held + stream)
+            active = _Active(held, asyncio.get_running_loop().create_future())
+            self._active[key] = active
             self.stats.activations += 1
-            log.info(
-                "room %s active: %d upstream channels, stream events %s",
-                key.room, len(held) + len(stream), "on" if info.stream_events else "off",
-            )  # fmt: skip
-            return info
+            log.info("room %s active: %d chatroom channels", key.room, len(held))
+            self._spawn(self._attach_stream(key, active))
+
+    async def _attach_stream(self, key: RoomKey, active: _Active) -> None:
+        """Subscribe the stream channels of an active room. Never cancelled: if the room is
+        released meanwhile, what this subscribed is released when it ends."""
+        try:
+            info, held = await self._stream_channels(key)
+        except Exception:  # a bug, not an upstream failure: chat keeps flowing regardless
+            log.exception("stream channels of %s", key.room)
+            info, held = _no_stream("the gateway failed to set up stream events"), []
+        if not active.outcome.done():
+            active.outcome.set_result(info)
+        if self._active.get(key) is not active:
+            await self._release_channels(key, held)
+            return
+        active.stream = held
+        if held:
+            log.info("room %s: stream events on (%d channels)", key.room, len(held))
 
     async def _stream_channels(self, key: RoomKey) -> tuple[RoomInfo, list[str]]:
         if not self.channel_templates:
@@ -306,60 +349,82 @@ class Gateway:
         return RoomInfo(stream_events=True, channel_id=channel.id), held
 
     async def _retain(self, name: str, group: str, key: RoomKey) -> None:
-        """Count ``key`` as a user of upstream channel ``name``; subscribe if it is new."""
+        """Hold upstream channel ``name`` for ``key``; subscribe it if it is new."""
         channel = self._channels.get(name)
         if channel is None:
             channel = self._channels[name] = _Channel(group)
             self._group_sizes[group] = self._group_sizes.get(group, 0) + 1
-            channel.ready = asyncio.ensure_future(self.upstream.subscribe(name))
-        channel.keys.add(key)
+            channel.ready = asyncio.ensure_future(self._subscribe(name))
+        channel.users[key] += 1
         assert channel.ready is not None
         try:
             await asyncio.shield(channel.ready)
         except UpstreamError:
-            channel.keys.discard(key)
-            if self._channels.get(name) is channel:
-                self._forget_channel(name, channel)
+            self._drop_hold(name, channel, key)
             raise
 
-    async def _release_channels(self, key: RoomKey, names: list[str]) -> None:
-        for name in names:
-            channel = self._channels.get(name)
-            if channel is None:
-                continue
-            channel.keys.discard(key)
-            if not channel.keys:
-                self._forget_channel(name, channel)
-                try:
-                    await self.upstream.unsubscribe(name)
-                except UpstreamError as exc:
-                    log.warning("unsubscribe from %s failed: %s", name, exc)
+    async def _subscribe(self, name: str) -> None:
+        # A channel released a moment ago may still be unsubscribing upstream: let that finish
+        # first, so the two cannot cross.
+        previous = self._unsubscribing.get(name)
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)
+        await self.upstream.subscribe(name)
 
-    def _forget_channel(self, name: str, channel: _Channel) -> None:
+    def _drop_hold(self, name: str, channel: _Channel, key: RoomKey) -> bool:
+        """Drop one hold of ``key``; True if the channel is now unused (and forgotten)."""
+        users = channel.users
+        users[key] -= 1
+        if users[key] <= 0:
+            del users[key]
+        if users or self._channels.get(name) is not channel:
+            return False
         del self._channels[name]
         left = self._group_sizes.get(channel.group, 1) - 1
         if left > 0:
             self._group_sizes[channel.group] = left
         else:
             self._group_sizes.pop(channel.group, None)
+        return True
+
+    async def _release_channels(self, key: RoomKey, names: list[str]) -> None:
+        for name in names:
+            channel = self._channels.get(name)
+            if channel is None or not self._drop_hold(name, channel, key):
+                continue
+            done = asyncio.ensure_future(self.upstream.unsubscribe(name))
+            self._unsubscribing[name] = done
+            try:
+                await asyncio.shield(done)
+            except UpstreamError as exc:
+                log.warning("unsubscribe from %s failed: %s", name, exc)
+            finally:
+                if self._unsubscribing.get(name) is done:
+                    del self._unsubscribing[name]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- release -------------------------------------------------------------------------------
 
     def _linger_over(self, key: RoomKey) -> None:
         self._lingering.pop(key, None)
-        task = asyncio.get_running_loop().create_task(self._deactivate(key))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._deactivate(key))
 
     async def _deactivate(self, key: RoomKey) -> None:
         async with self._lock(key):
             if self.in_use(key) or key in self._lingering:
                 return
             active = self._active.pop(key, None)
-            if active is not None:
-                await self._release_channels(key, active.channels)
-                self.stats.deactivations += 1
-                log.info("room %s released", key.room)
+            if active is None:
+                return
+            # The stream task, if still running, sees the room gone and releases its own holds.
+            await self._release_channels(key, active.chat + active.stream)
+            self.stats.deactivations += 1
+            log.info("room %s released", key.room)
 
 
 def _no_stream(message: str) -> RoomInfo:

@@ -11,18 +11,18 @@ last one; the gateway turns those transitions into upstream subscribe/unsubscrib
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class RoomKey:
     chatroom_id: int
     slug: str
+    room: str = field(init=False, repr=False, compare=False)  # the Socket.IO room name
 
-    @property
-    def room(self) -> str:
-        """The Socket.IO room name of this key."""
-        return f"{self.chatroom_id}:{self.slug}"
+    def __post_init__(self) -> None:
+        # Computed once: the hot path names the room of every upstream event.
+        object.__setattr__(self, "room", f"{self.chatroom_id}:{self.slug}")
 
 
 class Registry:

@@ -11,7 +11,9 @@ A client that passes no acknowledgement callback gets failures as an ``error`` e
 warnings as a ``warning`` event, with the same shapes; success is silent, as on the hosted
 API. Error codes: ``invalid_payload``, ``invalid_channel_name``, ``invalid_chatroom_id``,
 ``rate_limited``, ``too_many_subscriptions``, ``subscription_failed``,
-``upstream_unavailable``; warning code: ``stream_events_unavailable``.
+``upstream_unavailable``; warning codes: ``stream_events_unavailable`` (chat flows, stream events
+do not) and ``stream_events_pending`` (chat flows; the channel lookup that stream events need
+had not finished when the reply was due, and they start when it does).
 
 Invalid input is refused here and never reaches Kick.
 """
@@ -61,12 +63,15 @@ class RelayService:
         api_keys: ApiKeys | None = None,
         trusted_proxies: Iterable[Network] = (),
         upstream_refusal: Callable[[], str | None] = lambda: None,
+        stream_lookup_wait: float = 2.0,
     ) -> None:
         self.nsp = nsp
         # Why Kick refuses the gateway as a whole (a fatal Pusher error), or None.
         self.upstream_refusal = upstream_refusal
         self.gateway = gateway
         self.registry = registry
+        # How long a subscribe reply waits to say whether stream events work; chat flows anyway.
+        self.stream_lookup_wait = stream_lookup_wait
         self.max_subscriptions = max_subscriptions
         self.rate = RateLimiter(subscribe_rate, subscribe_window)
         self.connections = ConnectionCounter(connections_per_ip)
@@ -122,7 +127,7 @@ class RelayService:
             return
         self.registry.add(key, sock.sid)
         try:
-            info = await self.gateway.acquire(key)
+            await self.gateway.acquire(key)
         except UpstreamError as exc:
             if self.registry.remove(key, sock.sid):
                 self.gateway.release(key)
@@ -130,7 +135,8 @@ class RelayService:
             return
         if not sock.connected:
             return  # gone while we waited; its disconnect already cleaned the registry up
-        sock.join(key.room)
+        sock.join(key.room)  # chat flows from here on
+        info = await self.gateway.stream_info(key, within=self.stream_lookup_wait)
         self._ok(sock, ack, key, info)
 
     def _unsubscribe(self, sock: Socket, args: list[Any], ack: Ack | None) -> None:
