@@ -248,6 +248,7 @@ BAD_VALUES = [
     ("server.shutdown_timeout", -1.0, "between 0 and 3600"),
     ("server.socket_send_buffer", -1, "between 0 and"),
     ("relay.stream_lookup_wait", 61, "between 0 and 60"),
+    ("socketio.flush_interval", 2, "between 0 and 1"),
     ("server.shutdown_timeout", "soon", "expected a number"),
     ("server.shutdown_timeout", float("nan"), "finite number"),
     ("server.use_uvloop", "maybe", "boolean"),

@@ -75,6 +75,7 @@ class App:
             recovery_window=s.socketio.recovery_window,
             recovery_buffer_bytes=s.socketio.recovery_buffer_bytes,
             outbound_buffer_limit=s.socketio.outbound_buffer_limit,
+            flush_interval=s.socketio.flush_interval,
         )
         self.nsp = self.sio.of("/")
         self.registry = Registry()

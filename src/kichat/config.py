@@ -304,6 +304,12 @@ class SocketIOSettings:
         unit="bytes",
         check=_between(64 * _KIB, 64 * 1024 * _MIB),
     )
+    flush_interval: float = _opt(
+        0.005,
+        "Delay before queued packets are written, so that packets of several broadcasts leave"
+        " in one burst: fewer writes and wake-ups for a few ms of latency (0: next loop turn).",
+        check=_between(0, 1),
+    )
     outbound_buffer_limit: int = _opt(
         4 * _MIB,
         "Unsent bytes per connection before a slow consumer is cut off.",

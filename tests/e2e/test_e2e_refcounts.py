@@ -120,6 +120,13 @@ async def test_thirty_concurrent_subscribers_refused_by_kick_leave_nothing_behin
         release = Spy(stack.app.gateway, "release")
         swarm.send({"cmd": "subscribe", **XQC_ARGS})
         await eventually(lambda: stack.app.registry.count(XQC) == SWARM, 15 * UNIT, "all wait")
+        # Drop only once Kick has swallowed the first subscribe: dropping earlier would leave the
+        # swallow rule for the replay, which then waits a whole subscribe_timeout.
+        await eventually(
+            lambda: not any(r.pattern == XQC_V2 for r in stack.sim.faults.subscribe),
+            15 * UNIT,
+            "the swallowed subscribe",
+        )
         await stack.sim.drop_connections()
         done = await swarm.until(lambda m: m["ev"] == "subscribed", 15 * UNIT)
         assert {r["error"]["code"] for r in done["replies"]} == {"subscription_failed"}

@@ -606,6 +606,7 @@ class Server:
         flush_batch: int = 256,
         coalesce_writes: bool = True,
         packet_spacing: float = 0.0,
+        flush_interval: float = 0.0,
         max_pending_events: int = 64,
         allow_request: AllowRequest | None = None,
     ) -> None:
@@ -623,6 +624,9 @@ class Server:
         # fixture wants that (see kichat.sio.conformance); never use it in production.
         self.coalesce_writes = coalesce_writes
         self.packet_spacing = packet_spacing
+        # Wait this long before flushing after the first queued packet, so that packets queued
+        # meanwhile (other rooms' broadcasts) leave in the same burst of writes. 0: next loop turn.
+        self.flush_interval = flush_interval
         self.max_pending_events = max_pending_events
         self.allow_request = allow_request
         self.stats = Stats()
@@ -685,7 +689,11 @@ class Server:
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            loop = asyncio.get_running_loop()
+            if self.flush_interval > 0:
+                self._flush_handle = loop.call_later(self.flush_interval, self._flush)
+            else:
+                self._flush_handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
@@ -693,7 +701,8 @@ class Server:
         if len(pending) > self.flush_batch:
             batch = pending[: self.flush_batch]
             del pending[: self.flush_batch]
-            self._schedule_flush()  # the rest after other callbacks had their turn
+            # The rest after other callbacks had their turn (not after another interval).
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         else:
             batch = pending
             self._dirty = []
