@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "node" in item.keywords:
             item.add_marker(skip)
+
+
+async def eventually(
+    predicate: Callable[[], bool], within: float = 5 * UNIT, what: str = ""
+) -> None:
+    """Poll ``predicate`` for state with no event to await (counters, the simulator's tables,
+    another task's work), every 10 ms, failing after ``within`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
 
 
 class NodeScript:

@@ -30,7 +30,7 @@ from kichat.config import load_settings
 from kichat.relay import RoomKey
 from kichat.sim import KickSimulator
 
-from conftest import UNIT
+from conftest import UNIT, eventually
 
 CHAT = "App\\Events\\ChatMessageEvent"
 XQC = RoomKey(668, "xqc")
@@ -53,18 +53,6 @@ BASE_SETTINGS: dict[str, object] = {
     "limits.connections_per_ip": 1000,
     "limits.subscribe_rate": 1000,
 }
-
-
-async def eventually(
-    predicate: Callable[[], bool], within: float = 5 * UNIT, what: str = ""
-) -> None:
-    """Poll ``predicate`` (state with no event to await: counters, the simulator's tables)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 async def holds(predicate: Callable[[], bool], during: float, what: str = "") -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import UNIT, node_script
+from conftest import UNIT, eventually, node_script
 from gateway_harness import (
     CHAT,
     XQC,
@@ -19,7 +19,6 @@ from gateway_harness import (
     XQC_STREAM,
     XQC_V2,
     PyClient,
-    eventually,
     expected_payload,
     gateway_stack,
 )

@@ -14,7 +14,7 @@ from kichat.app import App
 from kichat.relay import RoomKey
 from kichat.sim import DEFAULT_APP_KEY, KickSimulator
 
-from conftest import UNIT
+from conftest import UNIT, eventually
 from gateway_harness import (
     CHAT,
     XQC,
@@ -23,7 +23,6 @@ from gateway_harness import (
     XQC_V2,
     PyClient,
     Stack,
-    eventually,
     expected_payload,
     gateway_settings,
     gateway_stack,

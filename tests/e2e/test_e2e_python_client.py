@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import UNIT
+from conftest import UNIT, eventually
 from gateway_harness import (
     CHAT,
     XQC,
@@ -16,7 +16,6 @@ from gateway_harness import (
     XQC_V2,
     PyClient,
     Stack,
-    eventually,
     expected_payload,
     gateway_stack,
 )

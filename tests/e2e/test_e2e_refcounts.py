@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import UNIT, NodeScript, node_script
+from conftest import UNIT, NodeScript, eventually, node_script
 from gateway_harness import (
     CHAT,
     XQC,
@@ -18,7 +18,6 @@ from gateway_harness import (
     PyClient,
     Spy,
     Stack,
-    eventually,
     expected_payload,
     gateway_stack,
 )

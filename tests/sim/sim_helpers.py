@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +46,6 @@ def shape(value: Any) -> Any:
     if isinstance(value, int | float):
         return "number"
     return type(value).__name__
-
-
-async def eventually(
-    predicate: Callable[[], bool], within: float = 5 * UNIT, what: str = ""
-) -> None:
-    """Poll ``predicate``, for simulator state that has no event to await (counters)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 class PusherTestClient:

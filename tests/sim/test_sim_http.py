@@ -15,8 +15,8 @@ import pytest
 
 from kichat.sim import KickSimulator
 
-from conftest import UNIT
-from sim_helpers import CHAT, PusherTestClient, eventually, fixture, shape
+from conftest import UNIT, eventually
+from sim_helpers import CHAT, PusherTestClient, fixture, shape
 
 
 @asynccontextmanager

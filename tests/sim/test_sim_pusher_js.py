@@ -9,8 +9,8 @@ import pytest
 
 from kichat.sim import KickSimulator
 
-from conftest import UNIT, node_script
-from sim_helpers import CHAT, eventually
+from conftest import UNIT, eventually, node_script
+from sim_helpers import CHAT
 
 pytestmark = pytest.mark.node
 

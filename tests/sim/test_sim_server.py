@@ -14,8 +14,8 @@ from kichat.errors import ClientInputError
 from kichat.sim import KickSimulator
 from kichat.sim.pusher import channel_auth
 
-from conftest import UNIT
-from sim_helpers import CHAT, PusherTestClient, eventually
+from conftest import UNIT, eventually
+from sim_helpers import CHAT, PusherTestClient
 
 ROOM = "chatrooms.668.v2"
 

@@ -17,8 +17,8 @@ from websockets.exceptions import InvalidStatus
 from kichat.limits import RateLimiter
 from kichat.sim import KickSimulator
 
-from conftest import UNIT, node_script
-from web_harness import Gateway, gateway, recording_kick, until
+from conftest import UNIT, eventually, node_script
+from web_harness import Gateway, gateway, recording_kick
 
 XQC = "/api/v2/channels/xqc"
 PROBES = ("/healthz", "/readyz", "/metrics")
@@ -168,17 +168,17 @@ async def test_11th_concurrent_socket_io_connection_is_refused_with_a_reason(
             }
             # One leaves; a new connection is accepted again.
             await clients.pop().disconnect()
-            await until(lambda: service.connections.count("127.0.0.1") == 9, what="release")
+            await eventually(lambda: service.connections.count("127.0.0.1") == 9, what="release")
             js.send({"cmd": "connect", "url": gw.url, "opts": opts})
             accepted = await js.until(lambda m: m["ev"] in ("connect", "connect_error"))
             assert accepted["ev"] == "connect", accepted
             assert service.connections.count("127.0.0.1") == 10
             js.send({"cmd": "disconnect"})
-            await until(lambda: service.connections.count("127.0.0.1") == 9, what="release")
+            await eventually(lambda: service.connections.count("127.0.0.1") == 9, what="release")
         refusals = dict(service.stats.refused_connections)
         for client in clients:
             await client.disconnect()
-        await until(lambda: service.connections.count("127.0.0.1") == 0, what="all released")
+        await eventually(lambda: service.connections.count("127.0.0.1") == 0, what="all released")
     assert refusals == {"too_many_connections": 2}
 
 

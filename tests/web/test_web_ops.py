@@ -18,8 +18,8 @@ from kichat.errors import ClientInputError
 from kichat.kick.names import parse_slug
 from kichat.sim import KickSimulator
 
-from conftest import UNIT
-from web_harness import CHAT, Gateway, gateway, sample, until
+from conftest import UNIT, eventually
+from web_harness import CHAT, Gateway, gateway, sample
 
 ROUTES = {
     ("GET", "/api/v2/channels/{channelName}"),
@@ -174,7 +174,7 @@ async def _wait_not_ready(gw: Gateway) -> dict[str, Any]:
 
 async def test_readyz_is_503_with_reasons_when_kick_closes_with_4001(sim: KickSimulator) -> None:
     async with gateway(sim) as gw:
-        await until(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
+        await eventually(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
         assert (await gw.get("/readyz")).status_code == 200
         await sim.close_connections(4001)
         body = await _wait_not_ready(gw)
@@ -201,9 +201,9 @@ async def test_readyz_is_503_with_a_wrong_pusher_key(sim: KickSimulator) -> None
 
 async def test_readyz_recovers_when_kick_accepts_again(sim: KickSimulator) -> None:
     async with gateway(sim, pusher__fatal_retry_interval=1.0) as gw:
-        await until(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
+        await eventually(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
         await sim.close_connections(4001)
-        await until(
+        await eventually(
             lambda: gw.app.pool.status().reconnects_by_code.get("4001", 0) >= 1,
             what="the 4001 close counted",
         )
@@ -278,7 +278,7 @@ async def test_metrics_move_when_you_act_and_never_carry_client_values(
     async with gateway(
         sim, limits__rest_per_minute=30, server__trusted_proxies=["127.0.0.1"]
     ) as gw:
-        await until(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
+        await eventually(lambda: gw.app.pool.status().connected == 1, what="upstream connected")
         m0 = await gw.metrics()
         assert (await gw.get(f"/api/v2/channels/{slug}")).status_code == 200
         assert (await gw.get(f"/api/v2/channels/{slug.upper()}")).status_code == 200
@@ -315,7 +315,7 @@ async def test_metrics_move_when_you_act_and_never_carry_client_values(
             assert sample(m3, name) == sample(m2, name) + 5, name
 
         await sim.close_connections(4200)
-        await until(
+        await eventually(
             lambda: gw.app.pool.status().reconnects_by_code.get("4200", 0) == 1,
             what="the 4200 reconnect",
         )

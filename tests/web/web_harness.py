@@ -151,16 +151,6 @@ def in_thread(factory: Callable[[], AbstractAsyncContextManager[T]]) -> Iterator
         raise state["error"]
 
 
-async def until(predicate: Callable[[], bool], within: float = 5 * UNIT, what: str = "") -> None:
-    """Poll ``predicate`` for state with no event to await (counters, another task's work)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
-
-
 def metric_samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of a Prometheus text exposition: (name, labels) -> value."""
     out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}

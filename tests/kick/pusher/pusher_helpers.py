@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,18 +18,6 @@ from kichat.kick.pusher import Backoff
 from conftest import UNIT
 
 CHAT = "App\\Events\\ChatMessageEvent"
-
-
-async def eventually(
-    predicate: Callable[[], bool], within: float = 5 * UNIT, what: str = "condition"
-) -> None:
-    """Poll ``predicate`` (for state that has no event to await, e.g. the simulator's counts)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from kichat.errors import ConfigError, PusherFatalError
 from kichat.kick.pusher import PusherConnection
 from kichat.kick.pusher.connection import DEFAULT_USER_AGENT
 
-from conftest import UNIT
-from pusher_helpers import Recorder, eventually, fast_backoff, pusher_tasks
+from conftest import UNIT, eventually
+from pusher_helpers import Recorder, fast_backoff, pusher_tasks
 
 CHANNEL = "chatrooms.668.v2"
 ESTABLISHED = json.dumps(

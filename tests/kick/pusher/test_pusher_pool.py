@@ -19,8 +19,8 @@ from kichat.errors import ConfigError, PusherFatalError, PusherUnavailable, Subs
 from kichat.kick.pusher import Backoff, PusherPool
 from kichat.kick.pusher.protocol import PusherClientProtocol
 
-from conftest import UNIT
-from pusher_helpers import CHAT, Recorder, eventually, fast_backoff, open_sim, pusher_tasks
+from conftest import UNIT, eventually
+from pusher_helpers import CHAT, Recorder, fast_backoff, open_sim, pusher_tasks
 
 A, B, C = "chatrooms.668.v2", "chatrooms.668", "channel.676"
 MESSAGE = {
