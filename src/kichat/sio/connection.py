@@ -28,7 +28,8 @@ from kichat.sio.errors import ParseError
 
 if TYPE_CHECKING:
     from kichat.http import Request
-    from kichat.sio.server import Server, Socket
+    from kichat.sio.namespace import Socket
+    from kichat.sio.server import Server
 
 log = logging.getLogger("kichat.sio")
 
