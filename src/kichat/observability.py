@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,23 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+_CONNECTION_STATES = ("connecting", "connected", "backoff", "fatal", "closed")
+
+
+def _labelled(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    doc: str,
+    label: str,
+    values: Mapping[str, float],
+) -> Metric:
+    """One metric family with one label, a sample per key of ``values`` (sorted)."""
+    family = kind(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
 class GatewayCollector(Collector):
     """Reads the running gateway's counters whenever /metrics is scraped."""
 
@@ -135,12 +152,11 @@ class GatewayCollector(Collector):
     def _downstream(self) -> Iterator[Metric]:
         sio = self.app.sio
         snap = sio.snapshot()
-        clients = GaugeMetricFamily(
-            "kichat_connected_clients", "Engine.IO connections by transport", labels=["transport"]
-        )
-        for transport in ("websocket", "polling"):
-            clients.add_metric([transport], snap["connections_by_transport"].get(transport, 0))
-        yield clients
+        by_transport = snap["connections_by_transport"]
+        yield _labelled(
+            GaugeMetricFamily, "kichat_connected_clients", "Engine.IO connections by transport",
+            "transport", {t: by_transport.get(t, 0) for t in ("websocket", "polling")},
+        )  # fmt: skip
         yield _gauge("kichat_sockets", "Connected Socket.IO sockets", snap["sockets"])
         yield _gauge(
             "kichat_detached_sockets",
@@ -167,18 +183,14 @@ class GatewayCollector(Collector):
         yield _counter(
             "kichat_client_parse_errors_total", "Malformed packets from clients", st.parse_errors
         )
-        recovery = CounterMetricFamily(
-            "kichat_recoveries_total", "Connection state recovery attempts", labels=["result"]
-        )
-        recovery.add_metric(["recovered"], st.recovered)
-        recovery.add_metric(["failed"], st.recovery_failed)
-        yield recovery
-        disconnects = CounterMetricFamily(
-            "kichat_disconnects_total", "Sockets ended, by reason", labels=["reason"]
-        )
-        for reason, count in sorted(st.disconnects.items()):
-            disconnects.add_metric([reason], count)
-        yield disconnects
+        yield _labelled(
+            CounterMetricFamily, "kichat_recoveries_total", "Connection state recovery attempts",
+            "result", {"recovered": st.recovered, "failed": st.recovery_failed},
+        )  # fmt: skip
+        yield _labelled(
+            CounterMetricFamily, "kichat_disconnects_total", "Sockets ended, by reason",
+            "reason", st.disconnects,
+        )  # fmt: skip
 
     def _relay(self) -> Iterator[Metric]:
         gw = self.app.gateway
@@ -202,46 +214,37 @@ class GatewayCollector(Collector):
         yield _counter(
             "kichat_channel_lookup_failures_total", "Failed channel-id lookups", st.lookup_failures
         )
-        subs = CounterMetricFamily(
-            "kichat_subscribe_requests_total", "subscribe calls by outcome", labels=["outcome"]
-        )
-        for outcome, count in sorted(self.app.service.stats.subscribes.items()):
-            subs.add_metric([outcome], count)
-        yield subs
-        refused = CounterMetricFamily(
-            "kichat_refused_connections_total", "Socket.IO connections refused", labels=["reason"]
-        )
-        for reason, count in sorted(self.app.service.stats.refused_connections.items()):
-            refused.add_metric([reason], count)
-        yield refused
+        service = self.app.service.stats
+        yield _labelled(
+            CounterMetricFamily, "kichat_subscribe_requests_total", "subscribe calls by outcome",
+            "outcome", service.subscribes,
+        )  # fmt: skip
+        yield _labelled(
+            CounterMetricFamily, "kichat_refused_connections_total",
+            "Socket.IO connections refused", "reason", service.refused_connections,
+        )  # fmt: skip
 
     def _upstream(self) -> Iterator[Metric]:
         status = self.app.pool.status()
-        conns = GaugeMetricFamily(
-            "kichat_upstream_connections", "Pusher connections by state", labels=["state"]
-        )
-        states = Counter(c.state for c in status.connections)
-        for state in ("connecting", "connected", "backoff", "fatal", "closed"):
-            conns.add_metric([state], states.get(state, 0))
-        yield conns
+        states: Counter[str] = Counter(c.state for c in status.connections)
+        yield _labelled(
+            GaugeMetricFamily, "kichat_upstream_connections", "Pusher connections by state",
+            "state", {state: states[state] for state in _CONNECTION_STATES},
+        )  # fmt: skip
         yield _gauge(
             "kichat_upstream_fatal",
             "1 while Pusher refuses us fatally (e.g. 4001)",
             int(status.fatal),
         )
-        reconnects = CounterMetricFamily(
-            "kichat_upstream_reconnects_total", "Upstream reconnects by close code", labels=["code"]
-        )
-        for code, count in sorted(status.reconnects_by_code.items()):
-            reconnects.add_metric([code], count)
-        yield reconnects
+        yield _labelled(
+            CounterMetricFamily, "kichat_upstream_reconnects_total",
+            "Upstream reconnects by close code", "code", status.reconnects_by_code,
+        )  # fmt: skip
         api = self.app.kick.stats
-        requests = CounterMetricFamily(
-            "kichat_kick_api_requests_total", "Requests to Kick's REST API", labels=["outcome"]
-        )
-        for outcome, count in sorted(api.requests.items()):
-            requests.add_metric([outcome], count)
-        yield requests
+        yield _labelled(
+            CounterMetricFamily, "kichat_kick_api_requests_total", "Requests to Kick's REST API",
+            "outcome", api.requests,
+        )  # fmt: skip
         yield _counter(
             "kichat_kick_api_cache_hits_total",
             "Channel lookups answered from cache",
@@ -261,12 +264,10 @@ class GatewayCollector(Collector):
         for (route, status), count in sorted(web.requests.items()):
             requests.add_metric([route, str(status)], count)
         yield requests
-        limited = CounterMetricFamily(
-            "kichat_rate_limited_total", "Requests refused by a rate limit", labels=["kind"]
-        )
-        for kind, count in sorted(web.rate_limited.items()):
-            limited.add_metric([kind], count)
-        yield limited
+        yield _labelled(
+            CounterMetricFamily, "kichat_rate_limited_total", "Requests refused by a rate limit",
+            "kind", web.rate_limited,
+        )  # fmt: skip
         yield _counter(
             "kichat_unauthorized_total",
             "Requests refused for a missing or bad API key",
