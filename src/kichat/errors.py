@@ -10,6 +10,7 @@ Names never shadow built-ins such as ``TimeoutError`` or ``ConnectionError``.
     KichatError
     ├── ConfigError                   invalid configuration (all problems listed at once)
     ├── ClientInputError              a client sent something we refuse (has a stable ``code``)
+    ├── BrokerUnavailable             the cluster's shared state (Redis) cannot be reached now
     └── UpstreamError                 anything about Kick, Pusher or the network towards them
         ├── PusherError
         │   ├── PusherProtocolError   a frame we cannot understand
@@ -51,6 +52,10 @@ class ClientInputError(KichatError):
 
     def as_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+class BrokerUnavailable(KichatError):
+    """The cluster's shared state (Redis) cannot be reached right now; it may work later."""
 
 
 class UpstreamError(KichatError):
