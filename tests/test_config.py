@@ -310,6 +310,15 @@ BAD_VALUES = [
     ("limits.subscribe_rate", 0, "between 1 and"),
     ("limits.api_keys", ("has space",), "printable ASCII"),
     ("limits.api_keys", [1, 2], "list of strings"),
+    ("cluster.redis_url", "http://localhost:6379", "redis:// or rediss://"),
+    ("cluster.redis_url", "redis://:hunter2@h:6379/db", "database number"),
+    ("cluster.node_id", "Node-1", "1-16 of a-z 0-9"),
+    ("cluster.key_prefix", "has space", "printable characters without spaces"),
+    ("cluster.lease_ttl", 0.5, "between 1 and 300"),
+    ("cluster.owner_check_interval", 0.0, "between 0.05 and 60"),
+    ("cluster.history_size", 10, "between 100 and"),
+    ("cluster.command_timeout", 0.0, "between 0.1 and 60"),
+    ("cluster.backfill_window", -1.0, "between 0 and 3600"),
     ("log.level", "verbose", "must be one of debug, info"),
     ("log.format", "xml", "must be one of text, json"),
 ]
@@ -467,6 +476,7 @@ def test_display_redacts_secrets() -> None:
             "kick_api.proxy": "http://bob:pa55word@proxy.local:3128",
             "pusher.proxy": "https://tokenonly@10.0.0.1:1080",
             "pusher.headers": {"Origin": "https://kick.com"},
+            "cluster.redis_url": "redis://:redispass99@redis.local:6379/0",
         },
         env={},
     )
@@ -480,6 +490,7 @@ def test_display_redacts_secrets() -> None:
         "pa55word",
         "bob",
         "tokenonly",
+        "redispass99",
     ):
         assert secret not in text
     assert shown["limits"]["api_keys"] == ["***", "***"]
@@ -493,4 +504,6 @@ def test_display_redacts_secrets() -> None:
         "chatrooms.{chatroom_id}",
     ]
     assert shown["pusher"]["url"] == KICK_PUSHER_URL
-    assert set(shown) == {"server", "socketio", "pusher", "kick_api", "relay", "limits", "log"}
+    assert set(shown) == {
+        "server", "socketio", "pusher", "kick_api", "relay", "limits", "cluster", "log"
+    }  # fmt: skip

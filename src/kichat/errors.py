@@ -17,6 +17,7 @@ Names never shadow built-ins such as ``TimeoutError`` or ``ConnectionError``.
         │   ├── PusherFatalError      close/error code 4000-4099: do not reconnect unchanged
         │   ├── PusherUnavailable     no usable connection right now (transient)
         │   └── SubscriptionError     Kick refused or never acknowledged a subscription
+        ├── FeedUnavailable           the node feeding a chatroom (maybe another) reports failure
         └── KickApiError              Kick's REST API (``status``: the HTTP status we answer)
             ├── ChannelNotFound       404 from Kick
             ├── KickBlocked           Kick's edge refused us (403 "Request blocked by ...")
@@ -90,6 +91,16 @@ class SubscriptionError(PusherError):
         self.channel = channel
         self.message = message
         super().__init__(f"subscription to {channel!r} failed: {message}")
+
+
+class FeedUnavailable(UpstreamError):
+    """The node that feeds a topic from Kick (in a cluster, maybe another node) reported that it
+    cannot, or nobody did in time. ``code`` is the client-facing error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
 
 
 class KickApiError(UpstreamError):

@@ -139,12 +139,16 @@ async def test_dedupe_keys_drop_copies(node: Factory) -> None:
     broker, rec = await node()
     await broker.subscribe("t")
     (lease,) = await broker.acquire(["t"])
-    for key in ("m1", "m2", "m1", "m3", "m2"):
-        broker.publish(lease, key.encode(), dedupe=key)
-    broker.publish(lease, b"no-key")
-    broker.publish(lease, b"no-key")
-    await eventually(lambda: len(rec.publications) == 5, what="five publications")
-    assert [pay for _, _, pay in rec.publications] == [b"m1", b"m2", b"m3", b"no-key", b"no-key"]
+    broker.publish(lease, b"m1", key="m1")  # a key is kept even when not checked
+    for key in ("m2", "m1", "m3", "m2"):
+        broker.publish(lease, key.encode(), key=key, dedupe=True)
+    broker.publish(lease, b"unchecked m1", key="m1")
+    broker.publish(lease, b"no-key", dedupe=True)
+    broker.publish(lease, b"no-key", dedupe=True)
+    await eventually(lambda: len(rec.publications) == 6, what="six publications")
+    assert [pay for _, _, pay in rec.publications] == [
+        b"m1", b"m2", b"m3", b"unchecked m1", b"no-key", b"no-key"
+    ]  # fmt: skip
 
 
 async def test_announced_state_reaches_waiters(node: Factory) -> None:

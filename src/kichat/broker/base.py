@@ -170,11 +170,14 @@ class Broker(abc.ABC):
         return what was taken (topics already owned here are not returned again)."""
 
     @abc.abstractmethod
-    def publish(self, lease: Lease, payload: bytes, *, dedupe: str | None = None) -> None:
-        """Publish under ``lease``, in call order; never blocks. With ``dedupe``, the entry is
-        dropped if one with the same key is among the topic's recent publications (used while
-        taking over, when the old owner may have published the same upstream event). A lease
-        found stale is reported through :meth:`Handler.on_lease_lost`."""
+    def publish(
+        self, lease: Lease, payload: bytes, *, key: str | None = None, dedupe: bool = False
+    ) -> None:
+        """Publish under ``lease``, in call order; never blocks. ``key`` identifies the upstream
+        event (kept with the entry); with ``dedupe``, the publication is dropped if an entry with
+        the same key is among the topic's recent ones (used after a takeover, when the previous
+        owner may have published the same upstream event). A lease found stale is reported
+        through :meth:`Handler.on_lease_lost`."""
 
     @abc.abstractmethod
     async def announce(self, lease: Lease, state: TopicState) -> None:

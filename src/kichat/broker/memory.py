@@ -38,7 +38,7 @@ class _Entry:
     position: int
     payload: bytes  # emptied when its topic's log is dropped, so the memory goes at once
     at: float
-    dedupe: str | None
+    key: str | None
     log: _TopicLog
 
 
@@ -121,7 +121,9 @@ class MemoryBroker(Broker):
     async def unsubscribe(self, topic: str) -> None:
         self._subscribed.discard(topic)
 
-    def publish(self, lease: Lease, payload: bytes, *, dedupe: str | None = None) -> None:
+    def publish(
+        self, lease: Lease, payload: bytes, *, key: str | None = None, dedupe: bool = False
+    ) -> None:
         topic = lease.topic
         status = self._status
         if self._leases.get(topic) != lease:
@@ -132,13 +134,13 @@ class MemoryBroker(Broker):
         log = self._logs.get(topic)
         if log is None:
             log = self._logs[topic] = _TopicLog(topic)
-        elif dedupe is not None and _seen(log, dedupe):
+        elif dedupe and key is not None and _seen(log, key):
             status.publish_rejected += 1
             return
         self._position += 1
         position = self._position
         now = self.clock()
-        entry = _Entry(position, payload, now, dedupe, log)
+        entry = _Entry(position, payload, now, key, log)
         self._all.append(entry)
         log.entries.append(entry)
         self.bytes += len(payload)
@@ -203,6 +205,7 @@ class MemoryBroker(Broker):
         for topic in topics:
             if topic in self._leases:
                 continue
+            self._states.pop(topic, None)
             self._tokens += 1
             lease = self._leases[topic] = Lease(topic, self._tokens)
             taken.append(lease)
@@ -211,7 +214,9 @@ class MemoryBroker(Broker):
     async def release(self, lease: Lease) -> None:
         if self._leases.get(lease.topic) == lease:
             del self._leases[lease.topic]
-            self._states.pop(lease.topic, None)
+            state = self._states.get(lease.topic)
+            if state is not None and state.live:  # a failure stays readable for late waiters
+                del self._states[lease.topic]
 
     def revoke(self, topic: str) -> None:
         """Take a lease away from this node (what a fence does in a cluster; for tests)."""
@@ -283,7 +288,7 @@ def _seen(log: _TopicLog, key: str) -> bool:
     for n, entry in enumerate(reversed(log.entries)):
         if n >= DEDUPE_SCAN:
             return False
-        if entry.dedupe == key:
+        if entry.key == key:
             return True
     return False
 

@@ -14,10 +14,13 @@ from kichat.config.checks import (
     check_api_url,
     check_headers,
     check_host,
+    check_key_prefix,
     check_networks,
+    check_node_id,
     check_origins,
     check_proxy,
     check_pusher_url,
+    check_redis_url,
     check_sio_path,
     choice,
     option,
@@ -256,6 +259,56 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterSettings:
+    """Cluster mode: several kichat processes sharing one Redis behave as one gateway."""
+
+    redis_url: str = option(
+        "",
+        "Redis URL (redis://, rediss:// or unix://) shared by every node; empty: one process,"
+        " nothing shared (the default).",
+        check=check_redis_url,
+        aliases=("KICHAT_REDIS_URL",),
+        secret=True,
+    )
+    node_id: str = option(
+        "",
+        "This node's id, 1-16 of a-z 0-9, unique in the cluster; it starts every session id, so"
+        " a reverse proxy can route long-polling by it. Empty: a random one at each start.",
+        check=check_node_id,
+    )
+    key_prefix: str = option(
+        "kichat:", "Prefix of every Redis key and channel of this cluster.", check=check_key_prefix
+    )
+    lease_ttl: float = option(
+        10.0,
+        "Lifetime of a feed's lease: a node cut off from Redis gives its feeds up after 80 %"
+        " of it, and another node takes them at most this long after.",
+        check=between(1, 300),
+    )
+    owner_check_interval: float = option(
+        1.0,
+        "How often a node checks that the feeds its clients read have a live owner (a killed"
+        " owner is replaced within about this long).",
+        check=between(0.05, 60),
+    )
+    history_size: int = option(
+        10_000,
+        "Most publications kept per feed for recovery (they are also trimmed by the recovery"
+        " window).",
+        check=between(100, 10_000_000),
+    )
+    command_timeout: float = option(
+        2.0, "Timeout of one Redis command or connection attempt.", check=between(0.1, 60)
+    )
+    backfill_window: float = option(
+        30.0,
+        "After a takeover, chat from Kick's history this recent (and not yet published) is"
+        " published to fill the gap.",
+        check=between(0, 3600),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogSettings:
     """Logging."""
 
@@ -278,4 +331,5 @@ class Settings:
     kick_api: KickApiSettings = field(default_factory=KickApiSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     log: LogSettings = field(default_factory=LogSettings)

@@ -29,6 +29,7 @@ from typing import Any
 
 from kichat.errors import (
     ClientInputError,
+    FeedUnavailable,
     PusherFatalError,
     SubscriptionError,
     UpstreamError,
@@ -37,6 +38,7 @@ from kichat.kick.names import parse_chatroom_id, parse_slug
 from kichat.limits import ApiKeys, ConnectionCounter, Network, RateLimiter, client_ip
 from kichat.relay.gateway import Gateway, RoomInfo
 from kichat.relay.registry import Registry, RoomKey
+from kichat.relay.sessions import RelaySessions
 from kichat.sio import Ack, ConnectRefused, Namespace, Socket
 
 log = logging.getLogger("kichat.relay")
@@ -55,6 +57,7 @@ class RelayService:
         nsp: Namespace,
         gateway: Gateway,
         registry: Registry,
+        sessions: RelaySessions,
         *,
         max_subscriptions: int = 50,
         subscribe_rate: int = 20,
@@ -70,6 +73,9 @@ class RelayService:
         self.upstream_refusal = upstream_refusal
         self.gateway = gateway
         self.registry = registry
+        self.sessions = sessions
+        sessions.nsp = nsp
+        sessions.on_restored = self._restored
         # How long a subscribe reply waits to say whether stream events work; chat flows anyway.
         self.stream_lookup_wait = stream_lookup_wait
         self.max_subscriptions = max_subscriptions
@@ -103,6 +109,13 @@ class RelayService:
                 {"code": "too_many_connections", "limit": limit},
             )
         sock.data["ip"] = ip
+        self.sessions.connected(sock)
+
+    def _restored(self, sock: Socket) -> None:
+        """A session from another node (or from before this node restarted) continues here."""
+        ip = sock.data.get("ip")
+        if isinstance(ip, str):
+            self.connections.acquire(ip)  # counted even past the limit: it was admitted once
 
     def _disconnect(self, sock: Socket, reason: str) -> None:
         ip = sock.data.get("ip")
@@ -110,6 +123,7 @@ class RelayService:
             self.connections.release(ip)
         for key in self.registry.remove_all(sock.sid):
             self.gateway.release(key)
+        self.sessions.closed(sock, reason)
 
     # -- subscribe / unsubscribe ---------------------------------------------------------------
 
@@ -136,6 +150,7 @@ class RelayService:
         if not sock.connected:
             return  # gone while we waited; its disconnect already cleaned the registry up
         sock.join(key.room)  # chat flows from here on
+        self.sessions.joined(sock, key)
         info = await self.gateway.stream_info(key, within=self.stream_lookup_wait)
         self._ok(sock, ack, key, info)
 
@@ -150,6 +165,7 @@ class RelayService:
         sock.leave(key.room)
         if self.registry.remove(key, sock.sid):
             self.gateway.release(key)
+        self.sessions.left(sock)
         if ack is not None:
             ack({"ok": True, **_describe(key)})
 
@@ -227,6 +243,8 @@ def _echo(args: list[Any]) -> dict[str, str]:
 
 
 def _upstream_problem(exc: UpstreamError) -> ClientInputError:
+    if isinstance(exc, FeedUnavailable):
+        return ClientInputError(exc.code, exc.message)
     if isinstance(exc, SubscriptionError):
         return ClientInputError(
             "subscription_failed", f"Kick did not accept the subscription: {exc.message}"

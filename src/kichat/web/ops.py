@@ -8,6 +8,7 @@ event loop is lagging, or the gateway is shutting down.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -57,6 +58,9 @@ class Ops:
         status = self.app.pool.status()
         if status.fatal:
             reasons.append(f"upstream refuses the gateway: {status.fatal_error}")
+        broker = self.app.broker.status()
+        if broker.problem is not None:
+            reasons.append(f"cluster: {broker.problem}")
         lag = self.app.loop_lag.lag
         if lag > LAG_LIMIT:
             reasons.append(f"event loop lagging by {lag:.2f} s")
@@ -77,7 +81,12 @@ class Ops:
             "sio": {k: v for k, v in vars(app.sio.stats).items() if k != "disconnects"}
             | {"disconnects": dict(app.sio.stats.disconnects)},
             "relay": vars(gw.stats)
-            | {"active_rooms": gw.active_rooms, "upstream_channels": len(gw.upstream_channels)},
+            | vars(app.feeds.stats)
+            | {
+                "active_rooms": gw.active_rooms,
+                "upstream_channels": len(app.feeds.upstream_channels),
+            },
+            "cluster": self._cluster_figures(),
             "subscribes": dict(app.service.stats.subscribes),
             "refused_connections": dict(app.service.stats.refused_connections),
             "upstream": {
@@ -112,6 +121,14 @@ class Ops:
             "event_loop_lag_seconds": round(app.loop_lag.lag, 4),
             "ready": not self.not_ready_reasons(),
         }
+
+    def _cluster_figures(self) -> dict[str, Any]:
+        app = self.app
+        status = app.broker.status()
+        figures = {k: v for k, v in asdict(status).items() if k != "details"} | status.details
+        figures["owned"] = sorted(app.feeds.owned)
+        figures["read"] = sorted(app.gateway.topics)
+        return figures
 
     def _rest_figures(self) -> dict[str, Any]:
         web = self.app.web_stats

@@ -124,7 +124,7 @@ class RedisBroker(Broker):
         self._leases: dict[str, Lease] = {}
         self._state_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._live_sessions: dict[str, bytes] = {}
-        self._outbox: deque[tuple[str, bytes, str]] = deque()
+        self._outbox: deque[tuple[str, bytes, str, bytes]] = deque()
         self._flushing = False
         self._batch_ids = itertools.count(1)
         self._batch_prefix = secrets.token_hex(4)
@@ -411,12 +411,14 @@ class RedisBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------------
 
-    def publish(self, lease: Lease, payload: bytes, *, dedupe: str | None = None) -> None:
+    def publish(
+        self, lease: Lease, payload: bytes, *, key: str | None = None, dedupe: bool = False
+    ) -> None:
         if self._leases.get(lease.topic) is not lease:
             self._status.publish_rejected += 1
             return
         outbox = self._outbox
-        outbox.append((lease.topic, payload, dedupe or ""))
+        outbox.append((lease.topic, payload, key or "", b"1" if dedupe else b""))
         if len(outbox) > self.outbox_limit:
             outbox.popleft()
             self._status.publish_rejected += 1
@@ -440,13 +442,13 @@ class RedisBroker(Broker):
                 args: list[Any] = [self._epoch, batch_id, self.node_id, self.window,
                                    self.history_max]  # fmt: skip
                 kept = []
-                for topic, payload, key in batch:
-                    lease = self._leases.get(topic)
+                for entry in batch:
+                    lease = self._leases.get(entry[0])
                     if lease is None:
                         self._status.publish_rejected += 1
                         continue
-                    kept.append((topic, payload, key))
-                    args += [topic, lease.token, payload, key]
+                    kept.append(entry)
+                    args += [entry[0], lease.token, entry[1], entry[2], entry[3]]
                 batch = kept
                 if not batch:
                     break

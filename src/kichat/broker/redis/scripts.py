@@ -41,7 +41,7 @@ return {epoch, redis.call('HGET', meta, 'fingerprint') or '', 0}
 """
 
 # ARGV: prefix, epoch, batch id, node, window (s), max entries per log,
-#       then per publication: topic, token, payload, dedupe key ('' for none).
+#       then per publication: topic, token, payload, key ('' for none), dedupe ('1' or '').
 # Returns {status, accepted, duplicates, rejected topics...}; status 'ok', 'again' (this batch
 # was already applied) or 'epoch' (the shared state was reset: nothing applied).
 PUBLISH: Final = """
@@ -53,8 +53,9 @@ end
 local node, window, maxlen = ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local owners, last, recent, rejected = {}, {}, {}, {}
 local accepted, dups = 0, 0
-for i = 7, #ARGV, 4 do
+for i = 7, #ARGV, 5 do
   local topic, token, payload, key = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local check = ARGV[i + 4] == '1' and key ~= ''
   local owner = owners[topic]
   if owner == nil then
     owner = redis.call('GET', P .. 'own:' .. topic) or ''
@@ -65,7 +66,7 @@ for i = 7, #ARGV, 4 do
     if not rejected[topic] then rejected[topic] = true; rejected[#rejected + 1] = topic end
   else
     local dup = false
-    if key ~= '' then
+    if check then
       local seen = recent[topic]
       if seen == nil then
         seen = {}
@@ -76,8 +77,8 @@ for i = 7, #ARGV, 4 do
         recent[topic] = seen
       end
       dup = seen[key] == true
-      seen[key] = true
     end
+    if key ~= '' and recent[topic] then recent[topic][key] = true end
     if dup then
       dups = dups + 1
     else
@@ -215,12 +216,15 @@ end
 return out
 """
 
-# ARGV: prefix, node, topic, token.  Returns 1 if released.
+# ARGV: prefix, node, topic, token.  Returns 1 if released. A failure the owner announced stays
+# readable until its TTL (nodes still waiting for the outcome must see it); "live" goes at once.
 RELEASE: Final = """
 local P = ARGV[1]
 local key = P .. 'own:' .. ARGV[3]
 if redis.call('GET', key) ~= ARGV[2] .. ':' .. ARGV[4] then return 0 end
-redis.call('DEL', key, P .. 'live:' .. ARGV[3])
+redis.call('DEL', key)
+local live = P .. 'live:' .. ARGV[3]
+if redis.call('GET', live) == '1' then redis.call('DEL', live) end
 redis.call('PUBLISH', P .. 'ctl', 'free|' .. ARGV[3])
 return 1
 """
