@@ -11,6 +11,7 @@ class Recorder:
         self.lost: list[str] = []
         self.released: list[str] = []
         self.taken: list[str] = []
+        self.offered: list[str] = []
 
     def on_publication(self, topic: str, position: int, payload: bytes) -> None:
         self.publications.append((topic, position, payload))
@@ -29,3 +30,6 @@ class Recorder:
 
     def on_session_taken(self, pid: str) -> None:
         self.taken.append(pid)
+
+    def on_hand_over(self, topic: str) -> None:
+        self.offered.append(topic)

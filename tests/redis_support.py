@@ -112,9 +112,9 @@ def unique_prefix() -> str:
 
 
 class TcpProxy:
-    """A loopback TCP proxy to a target port. Modes: ``pass``; ``pause`` (connections stay
-    open, bytes stop flowing both ways: a network partition); ``cut`` (every connection is
-    reset, new ones are refused until :meth:`restore`)."""
+    """A loopback TCP proxy to a target port (Redis, or a kichat node). Modes: ``pass``;
+    ``pause`` (connections stay open, bytes stop flowing both ways: a network partition);
+    ``cut`` (every connection is reset, new ones are refused until :meth:`restore`)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -128,6 +128,10 @@ class TcpProxy:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -153,6 +157,13 @@ class TcpProxy:
     def restore(self) -> None:
         self.mode = "pass"
         self._flowing.set()
+
+    def retarget(self, port: int) -> None:
+        """Send new connections to ``port`` and cut the current ones (a load balancer moving
+        clients after their node died)."""
+        self.target_port = port
+        for writer in list(self._conns):
+            writer.transport.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "cut":

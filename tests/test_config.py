@@ -315,6 +315,7 @@ BAD_VALUES = [
     ("cluster.node_id", "Node-1", "1-16 of a-z 0-9"),
     ("cluster.key_prefix", "has space", "printable characters without spaces"),
     ("cluster.lease_ttl", 0.5, "between 1 and 300"),
+    ("cluster.node_timeout", 0.1, "between 0.3 and 60"),
     ("cluster.owner_check_interval", 0.0, "between 0.05 and 60"),
     ("cluster.history_size", 10, "between 100 and"),
     ("cluster.command_timeout", 0.0, "between 0.1 and 60"),

@@ -185,6 +185,8 @@ class App:
         self.stopping = True
         grace = self.settings.server.shutdown_timeout
         log.info("shutting down (grace period %.1f s)", grace)
+        # Feeds first, while clients still receive: other nodes take them over make-before-break.
+        await self.gateway.hand_over(within=grace / 2)
         await self.sio.close()
         await self.sessions.flush()
         await self.gateway.close()
@@ -223,6 +225,7 @@ def _broker(s: Settings, node_id: str) -> Broker:
         prefix=s.cluster.key_prefix,
         window=s.socketio.recovery_window,
         lease_ttl=s.cluster.lease_ttl,
+        node_timeout=s.cluster.node_timeout,
         history_max=s.cluster.history_size,
         fingerprint=_fingerprint(s),
         command_timeout=s.cluster.command_timeout,
@@ -259,6 +262,9 @@ class _BrokerEvents:
 
     def on_session_taken(self, pid: str) -> None:
         self.app.sessions.on_session_taken(pid)
+
+    def on_hand_over(self, topic: str) -> None:
+        self.app.gateway.on_hand_over(topic)
 
 
 def _redact_url(url: str) -> str:

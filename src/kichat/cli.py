@@ -48,6 +48,8 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kick-api-url", help="Kick's REST base URL (default: https://kick.com)")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", help="text or json")
+    p.add_argument("--redis-url", help="cluster mode: the Redis every node shares")
+    p.add_argument("--node-id", help="cluster mode: this node's id (a-z 0-9, unique)")
     p.add_argument(
         "--set",
         action="append",
@@ -65,6 +67,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "kick_api.url": args.kick_api_url,
         "log.level": args.log_level,
         "log.format": args.log_format,
+        "cluster.redis_url": args.redis_url,
+        "cluster.node_id": args.node_id,
     }
     for item in args.set:
         name, sep, value = item.partition("=")

@@ -163,13 +163,13 @@ async def test_announced_state_reaches_waiters(node: Factory) -> None:
     assert await broker.topic_state("t", 0) == TopicState(live=True)
 
 
-async def test_interest_follows_subscriptions(node: Factory) -> None:
+async def test_readers_follow_subscriptions(node: Factory) -> None:
     broker, _ = await node()
-    assert await broker.interested(["a", "b"]) == set()
+    assert await broker.readers(["a", "b"]) == {"a": 0, "b": 0}
     await broker.subscribe("a")
-    assert await broker.interested(["a", "b"]) == {"a"}
+    assert await broker.readers(["a", "b"]) == {"a": 1, "b": 0}
     await broker.unsubscribe("a")
-    await eventually_async(lambda: broker.interested(["a"]), set())
+    await eventually_async(lambda: broker.readers(["a"]), {"a": 0})
 
 
 async def test_sessions_are_taken_exactly_once(node: Factory) -> None:

@@ -21,7 +21,10 @@ from redis_support import RedisServer, redis_server, tcp_proxy, unique_prefix
 Node = tuple[RedisBroker, Recorder]
 Start = Callable[..., Awaitable[Node]]
 
-FAST = {"lease_ttl": 1.0 * UNIT, "command_timeout": 1.0 * UNIT, "reconnect_max": 0.2}
+FAST = {
+    "lease_ttl": 1.0 * UNIT, "node_timeout": 0.6 * UNIT, "command_timeout": 1.0 * UNIT,
+    "reconnect_max": 0.2,
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -76,13 +79,16 @@ async def test_a_live_owner_keeps_its_topic_and_others_read_it(
     assert [p for _, _, p in rec_b.publications] == [b"%d" % i for i in range(20)]
 
 
-async def test_a_dead_owner_is_taken_over_at_once(cluster: tuple[RedisServer, Start]) -> None:
+async def test_a_dead_owner_is_taken_over_when_its_heartbeat_stops(
+    cluster: tuple[RedisServer, Start],
+) -> None:
     _, start = cluster
     a, _ = await start(lease_ttl=30.0)  # the lease would last long: death must not wait for it
     b, _ = await start()
     (old,) = await a.acquire(["t"])
+    assert await b.acquire(["t"]) == []
     await crash(a)
-    lease = await acquired(b, "t", within=2 * UNIT)
+    lease = await acquired(b, "t", within=3 * UNIT)  # node_timeout (0.6 s) after the last beat
     assert lease.takeover and lease.token > old.token
     assert b.status().takeovers == 1
 
@@ -232,3 +238,28 @@ async def test_a_node_with_other_settings_is_flagged(cluster: tuple[RedisServer,
     assert a.status().problem is None
     problem = b.status().problem
     assert problem is not None and "differ" in problem
+
+
+async def test_a_leaving_owner_hands_over_make_before_break(
+    cluster: tuple[RedisServer, Start],
+) -> None:
+    _, start = cluster
+    a, _ = await start()
+    b, rec_b = await start()
+    c, _ = await start()
+    (old,) = await a.acquire(["t"])
+    await b.subscribe("t")
+    a.publish(old, b"1", key="k1")
+    assert await a.hand_over(old)
+    await eventually(lambda: rec_b.offered == ["t"], what="b hears the offer")
+    a.publish(old, b"2", key="k2")  # still the owner until a successor takes over
+    await eventually(lambda: len(rec_b.publications) == 2, what="a's publications")
+    new = await b.take_over("t")
+    assert new is not None and new.takeover and new.token > old.token
+    assert await c.take_over("t") is None, "exactly one successor"
+    a.publish(old, b"3 (fenced)", key="k3")
+    b.publish(new, b"2 again", key="k2", dedupe=True)  # both saw it: dropped
+    b.publish(new, b"3", key="k3", dedupe=True)
+    await eventually(lambda: len(rec_b.publications) == 3, what="b's publication")
+    assert [p for _, _, p in rec_b.publications] == [b"1", b"2", b"3"]
+    assert await b.take_over("t") is None, "no longer offered"

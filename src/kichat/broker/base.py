@@ -123,6 +123,9 @@ class Handler(Protocol):
     def on_session_taken(self, pid: str) -> None:
         """Another node restored session ``pid``, which this node still held."""
 
+    def on_hand_over(self, topic: str) -> None:
+        """The owner of ``topic`` is leaving and offers it (see :meth:`Broker.take_over`)."""
+
 
 class Broker(abc.ABC):
     """The seam. Positions are ints within :attr:`epoch`; every ``async`` method may raise
@@ -180,6 +183,22 @@ class Broker(abc.ABC):
         through :meth:`Handler.on_lease_lost`."""
 
     @abc.abstractmethod
+    async def hand_over(self, lease: Lease) -> bool:
+        """Offer the topic to a successor (this node is leaving) and keep publishing until one
+        takes it: a successor subscribes upstream first, then :meth:`take_over`, so no event
+        falls between the two owners (those both saw are dropped by their ``key``). False if
+        there is nobody to offer it to."""
+
+    @abc.abstractmethod
+    async def take_over(self, topic: str) -> Lease | None:
+        """Take an offered topic (exactly one successor wins); ``None`` if it is not offered."""
+
+    @abc.abstractmethod
+    async def known(self, topic: str, keys: Iterable[str]) -> set[str]:
+        """Those ``keys`` found among ``topic``'s recent publications (the last few hundred):
+        how a new owner tells where the previous one stopped."""
+
+    @abc.abstractmethod
     async def announce(self, lease: Lease, state: TopicState) -> None:
         """Tell interested nodes how the topic's upstream is doing."""
 
@@ -189,8 +208,8 @@ class Broker(abc.ABC):
         ``None``: nobody announced anything (no owner, or one still starting)."""
 
     @abc.abstractmethod
-    async def interested(self, topics: Iterable[str]) -> set[str]:
-        """Those ``topics`` that some node (this one included) subscribes to."""
+    async def readers(self, topics: Iterable[str]) -> dict[str, int]:
+        """How many nodes (this one included) subscribe to each of ``topics``."""
 
     @abc.abstractmethod
     async def release(self, lease: Lease) -> None:

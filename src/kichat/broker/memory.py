@@ -227,6 +227,19 @@ class MemoryBroker(Broker):
     def leases(self) -> Mapping[str, Lease]:
         return self._leases
 
+    async def known(self, topic: str, keys: Iterable[str]) -> set[str]:
+        log = self._logs.get(topic)
+        if log is None:
+            return set()
+        recent = {e.key for e in list(log.entries)[-DEDUPE_SCAN:]}
+        return {k for k in keys if k in recent}
+
+    async def hand_over(self, lease: Lease) -> bool:
+        return False  # nobody else to hand over to
+
+    async def take_over(self, topic: str) -> Lease | None:
+        return None
+
     async def announce(self, lease: Lease, state: TopicState) -> None:
         if self._leases.get(lease.topic) != lease:
             return
@@ -252,8 +265,8 @@ class MemoryBroker(Broker):
                 if not waiters:
                     del self._state_waiters[topic]
 
-    async def interested(self, topics: Iterable[str]) -> set[str]:
-        return {t for t in topics if t in self._subscribed}
+    async def readers(self, topics: Iterable[str]) -> dict[str, int]:
+        return {t: int(t in self._subscribed) for t in topics}
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -285,6 +285,12 @@ class ClusterSettings:
         " of it, and another node takes them at most this long after.",
         check=between(1, 300),
     )
+    node_timeout: float = option(
+        1.5,
+        "A node that has not refreshed its heartbeat in Redis for this long counts as dead, and"
+        " the feeds it owned are taken over (it beats three times per period).",
+        check=between(0.3, 60),
+    )
     owner_check_interval: float = option(
         1.0,
         "How often a node checks that the feeds its clients read have a live owner (a killed"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -44,6 +45,11 @@ log = logging.getLogger("kichat.relay")
 
 CHATROOM = "chatroom"
 CHANNEL = "channel"
+# Events held while a takeover backfills or a successor waits for its lease (a second or so).
+_MAX_HELD = 10_000
+# After a handover, new owner's events are checked against the old owner's this long (their
+# overlap lasts one round trip to Redis or so).
+_HANDOVER_DEDUPE = 5.0
 
 
 class Upstream(Protocol):
@@ -119,12 +125,12 @@ class Deduper:
 
 @dataclass
 class _Feed:
-    lease: Lease
+    lease: Lease | None  # None while preparing to succeed a leaving owner
     channels: tuple[str, ...]
     subscribed: list[str] = field(default_factory=list)
     # While a takeover backfills: live events wait here (None once flowing normally).
     held: list[tuple[bytes, str | None]] | None = None  # (payload, key)
-    dedupe_until: float = 0.0  # after a takeover, publish with dedupe checks until then
+    dedupe_until: float = 0.0  # after a handover, publish with dedupe checks until then
     task: asyncio.Task[None] | None = None
     stopped: bool = False
 
@@ -155,6 +161,7 @@ class Feeds:
         self.dedupe = Deduper(dedupe_window, clock)
         self._feeds: dict[str, _Feed] = {}
         self._routes: dict[str, _Feed] = {}  # Pusher channel -> its feed
+        self._stopping: dict[str, asyncio.Task[Any]] = {}  # topic -> its old feed unsubscribing
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def channels_of(self, topic: str) -> tuple[str, ...]:
@@ -182,14 +189,49 @@ class Feeds:
         self._feeds[lease.topic] = feed
         for channel in feed.channels:
             self._routes[channel] = feed
-        if lease.takeover:
-            feed.dedupe_until = self.clock() + self.backfill_window
-            if self.history is not None and lease.topic.startswith(CHATROOM):
-                feed.held = []
+        if lease.takeover and self.history is not None and lease.topic.startswith(CHATROOM):
+            feed.held = []
         feed.task = self._spawn(self._activate(feed))
 
+    def succeed(self, topic: str) -> None:
+        """The owner of ``topic`` is leaving: subscribe its channels here first, then take the
+        lease; events seen before that wait, and are published checked against what the old
+        owner already published (make-before-break: nothing falls between the two)."""
+        if topic in self._feeds:
+            return
+        feed = _Feed(None, self.channels_of(topic), held=[])
+        self._feeds[topic] = feed
+        for channel in feed.channels:
+            self._routes[channel] = feed
+        feed.task = self._spawn(self._succeed(topic, feed))
+
+    async def _succeed(self, topic: str, feed: _Feed) -> None:
+        await self._settled(topic)
+        try:
+            for channel in feed.channels:
+                await self.upstream.subscribe(channel)
+                feed.subscribed.append(channel)
+            lease = await self.broker.take_over(topic)
+        except (UpstreamError, BrokerUnavailable) as exc:
+            log.info("cannot take %s over: %s", topic, exc)
+            lease = None
+        if lease is None or feed.stopped:
+            await self.stop(topic)
+            return
+        feed.lease = lease
+        feed.dedupe_until = self.clock() + _HANDOVER_DEDUPE
+        held, feed.held = feed.held or [], None
+        for payload, key in held:
+            self.broker.publish(lease, payload, key=key, dedupe=True)
+            self.stats.published += 1
+        self.stats.feeds_started += 1
+        log.info("took %s over from a leaving node (%d events held meanwhile)", topic, len(held))
+        await self._announce(feed, TopicState(live=True))
+
     async def _activate(self, feed: _Feed) -> None:
+        assert feed.lease is not None
         topic = feed.lease.topic
+        await self._settled(topic)
         try:
             for channel in feed.channels:
                 await self.upstream.subscribe(channel)
@@ -210,29 +252,58 @@ class Feeds:
         await self._announce(feed, TopicState(live=True))
 
     async def _announce(self, feed: _Feed, state: TopicState) -> None:
+        if feed.lease is None:
+            return
         try:
             await self.broker.announce(feed.lease, state)
         except BrokerUnavailable as exc:
             log.warning("cannot announce the state of %s: %s", feed.lease.topic, exc)
 
+    def lost(self, topic: str) -> None:
+        """The lease of ``topic`` is gone: stop publishing at once, unsubscribe in the
+        background (a new feed of the topic waits for that, so the two cannot cross)."""
+        feed = self._detach(topic)
+        if feed is not None:
+            self._stopping[topic] = self._spawn(self._unsubscribe(topic, feed))
+
     async def stop(self, topic: str) -> None:
         """Stop feeding ``topic`` (the lease is gone or given up): unsubscribe its channels."""
+        feed = self._detach(topic)
+        if feed is not None:
+            done = self._stopping[topic] = self._spawn(self._unsubscribe(topic, feed))
+            await asyncio.shield(done)
+
+    def _detach(self, topic: str) -> _Feed | None:
         feed = self._feeds.pop(topic, None)
         if feed is None:
-            return
+            return None
         feed.stopped = True
         if feed.task is not None and feed.task is not asyncio.current_task():
             feed.task.cancel()
         for channel in feed.channels:
             if self._routes.get(channel) is feed:
                 del self._routes[channel]
-        for channel in feed.subscribed:
-            try:
-                await self.upstream.unsubscribe(channel)
-            except UpstreamError as exc:
-                log.warning("unsubscribe from %s failed: %s", channel, exc)
-        self.stats.feeds_stopped += 1
-        log.info("stopped feeding %s", topic)
+        return feed
+
+    async def _unsubscribe(self, topic: str, feed: _Feed) -> None:
+        try:
+            for channel in feed.subscribed:
+                try:
+                    await self.upstream.unsubscribe(channel)
+                except UpstreamError as exc:
+                    log.warning("unsubscribe from %s failed: %s", channel, exc)
+            self.stats.feeds_stopped += 1
+            log.info("stopped feeding %s", topic)
+        finally:
+            if self._stopping.get(topic) is asyncio.current_task():
+                del self._stopping[topic]
+
+    async def _settled(self, topic: str) -> None:
+        """Wait for a previous feed of ``topic`` to finish unsubscribing."""
+        pending = self._stopping.get(topic)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
 
     async def release(self, topic: str) -> None:
         """Give a topic up for good (nobody in the cluster wants it any more)."""
@@ -241,8 +312,9 @@ class Feeds:
             return
         lease = feed.lease
         await self.stop(topic)
-        with contextlib.suppress(BrokerUnavailable):
-            await self.broker.release(lease)
+        if lease is not None:
+            with contextlib.suppress(BrokerUnavailable):
+                await self.broker.release(lease)
 
     async def close(self) -> None:
         for topic in list(self._feeds):
@@ -275,14 +347,23 @@ class Feeds:
                 # an alias carries the very same JSON text, which then identifies the occurrence.
                 copy_key = raw
             if copy_key is not None and self.dedupe.is_copy(
-                feed.lease.topic, event, copy_key, channel
+                feed.channels[0], event, copy_key, channel
             ):
                 stats.duplicates_dropped += 1
                 return
         payload = encode_event(event, data)
-        key = None if ident is None else f"{event}:{ident}"
-        if feed.held is not None:
-            feed.held.append((payload, key))
+        if ident is not None:
+            key = f"{event}:{ident}"
+        elif isinstance(raw, str | bytes):
+            # No occurrence id: two nodes that saw this event during a handover saw the very
+            # same text, which then names it.
+            text = raw.encode() if isinstance(raw, str) else raw
+            key = "~" + hashlib.blake2b(text, digest_size=8).hexdigest()
+        else:
+            key = None
+        if feed.held is not None or feed.lease is None:
+            if feed.held is not None and len(feed.held) < _MAX_HELD:
+                feed.held.append((payload, key))
             return
         dedupe = feed.dedupe_until > 0 and self.clock() < feed.dedupe_until
         self.broker.publish(feed.lease, payload, key=key, dedupe=dedupe)
@@ -292,6 +373,7 @@ class Feeds:
 
     async def _backfill(self, feed: _Feed) -> None:
         """Publish the recent chat Kick has and the topic's log does not, then the held events."""
+        assert feed.lease is not None
         _, chatroom_id = parse_topic(feed.lease.topic)
         channel_id = self.channel_id_of(chatroom_id)
         found: list[dict[str, Any]] = []
@@ -304,20 +386,44 @@ class Feeds:
             log.info("no chat backfill for %s: its channel id is not known here", feed.lease.topic)
         if feed.stopped:
             return
-        horizon = time.time() - self.backfill_window
-        event = kick_events.CHAT_MESSAGE_EVENT
-        for item in reversed(found):  # Kick answers newest first
-            ident = item.get("id")
-            if not isinstance(ident, str) or _created(item) < horizon:
-                continue
+        for item, key in await self._missing(feed.lease.topic, found):
             item["chatroom_id"] = chatroom_id
-            payload = encode_event(event, item)
-            self.broker.publish(feed.lease, payload, key=f"{event}:{ident}", dedupe=True)
+            payload = encode_event(kick_events.CHAT_MESSAGE_EVENT, item)
+            self.broker.publish(feed.lease, payload, key=key, dedupe=True)
             self.stats.backfilled += 1
         held, feed.held = feed.held or [], None
-        for payload, key in held:
-            self.broker.publish(feed.lease, payload, key=key, dedupe=True)
+        for payload, held_key in held:
+            self.broker.publish(feed.lease, payload, key=held_key, dedupe=True)
             self.stats.published += 1
+
+    async def _missing(
+        self, topic: str, found: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], str]]:
+        """Of Kick's recent chat (newest first), what came after the last message the feed's log
+        has, oldest first. Without such a message (the gap is longer than Kick's page, or the
+        log itself is new, as after Redis lost its data) where the previous owner stopped is
+        unknown, and nothing is published rather than risk repeating old chat."""
+        horizon = time.time() - self.backfill_window
+        event = kick_events.CHAT_MESSAGE_EVENT
+        recent = [
+            (item, f"{event}:{item['id']}")
+            for item in found
+            if isinstance(item.get("id"), str) and _created(item) >= horizon
+        ]
+        if not recent:
+            return []
+        try:
+            known = await self.broker.known(topic, [key for _, key in recent])
+        except BrokerUnavailable:
+            known = set()
+        newer: list[tuple[dict[str, Any], str]] = []
+        for item, key in recent:
+            if key in known:
+                return list(reversed(newer))
+            newer.append((item, key))
+        log.info("no chat backfill for %s: none of Kick's %d recent messages is in its log, so "
+                 "where the previous owner stopped is unknown", topic, len(recent))  # fmt: skip
+        return []
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)

@@ -152,6 +152,7 @@ class Gateway:
         # Topics fed here that no node read at the last watchdog rounds (released after two in a
         # row, so that a reader's brief reconnect does not look like the end of all interest).
         self._unread: dict[str, int] = {}
+        self._leases_changed = asyncio.Event()  # a lease was lost (a handover completing)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ class Gateway:
     async def _close(self, topic: str) -> None:
         try:
             await self.broker.unsubscribe(topic)
-            if topic in self.feeds.owned and not await self.broker.interested([topic]):
+            if topic in self.feeds.owned and not (await self.broker.readers([topic]))[topic]:
                 await self.feeds.release(topic)
         except BrokerUnavailable as exc:
             log.warning("letting %s go: %s", topic, exc)
@@ -449,15 +450,16 @@ class Gateway:
                          " (its feeder is gone)" if lease.takeover else "")  # fmt: skip
                 self.feeds.start(lease)
         unread = [t for t in self.feeds.owned if t not in self._topics]
-        wanted = await self.broker.interested(unread) if unread else set()
-        rounds = {t: self._unread.get(t, 0) + 1 for t in unread if t not in wanted}
+        readers = await self.broker.readers(unread) if unread else {}
+        rounds = {t: self._unread.get(t, 0) + 1 for t in unread if not readers.get(t)}
         self._unread = rounds
         for topic, count in rounds.items():
             if count >= 2:
                 await self.feeds.release(topic)
 
     def on_lease_lost(self, topic: str) -> None:
-        self._spawn(self.feeds.stop(topic))
+        self.feeds.lost(topic)
+        self._leases_changed.set()
 
     def on_topic_released(self, topic: str) -> None:
         if topic in self._topics and topic not in self.broker.leases:
@@ -467,6 +469,34 @@ class Gateway:
         with contextlib.suppress(BrokerUnavailable):
             for lease in await self.broker.acquire([topic]):
                 self.feeds.start(lease)
+
+    def on_hand_over(self, topic: str) -> None:
+        if topic in self._topics and topic not in self.broker.leases:
+            self.feeds.succeed(topic)
+
+    async def hand_over(self, within: float) -> None:
+        """This node is leaving: offer the feeds it owns to the nodes that read them, and wait
+        (up to ``within`` seconds) until they have taken them; release what nobody took."""
+        offered = []
+        owned = list(self.feeds.owned)
+        with contextlib.suppress(BrokerUnavailable):
+            readers = await self.broker.readers(owned) if owned else {}
+            for topic in owned:
+                lease = self.broker.leases.get(topic)
+                others = readers.get(topic, 0) - (topic in self._topics)
+                if lease is not None and others > 0 and await self.broker.hand_over(lease):
+                    offered.append(topic)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while any(t in self.broker.leases for t in offered) and loop.time() < deadline:
+            self._leases_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leases_changed.wait(), deadline - loop.time())
+        taken = [t for t in offered if t not in self.broker.leases]
+        if offered:
+            log.info("handed %d of %d feeds over to other nodes", len(taken), len(offered))
+        for topic in self.feeds.owned:
+            await self.feeds.release(topic)
 
     def on_reset(self) -> None:
         for local in self._topics.values():

@@ -82,6 +82,7 @@ class RedisBroker(Broker):
         window: float = 120.0,
         lease_ttl: float = 10.0,
         renew_interval: float | None = None,
+        node_timeout: float = 1.5,
         history_max: int = 10_000,
         fingerprint: str = "",
         command_timeout: float = 2.0,
@@ -94,6 +95,8 @@ class RedisBroker(Broker):
         self.window = window
         self.lease_ttl = lease_ttl
         self.renew_interval = renew_interval or lease_ttl / 4
+        # A node that has not beaten for this long counts as dead: its feeds may be taken.
+        self.node_timeout = node_timeout
         self.history_max = history_max
         self.fingerprint = fingerprint
         self.command_timeout = command_timeout
@@ -112,7 +115,7 @@ class RedisBroker(Broker):
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name))
             for name in ("HELLO", "PUBLISH", "READ", "ACQUIRE", "RENEW", "RELEASE", "ANNOUNCE",
-                         "TAKE_SESSION")
+                         "TAKE_SESSION", "HAND_OVER", "TAKE_OVER", "KNOWN")
         }  # fmt: skip
         self._inbox = f"{prefix}node:{node_id}".encode()
         self._ctl = f"{prefix}ctl".encode()
@@ -156,9 +159,11 @@ class RedisBroker(Broker):
         self._handler = handler
         await self._hello()
         proto = await self._connect_subscriber()
+        await self._beat_once()
         self._tasks = [
             asyncio.create_task(self._supervise(proto), name="kichat-broker-subscriber"),
             asyncio.create_task(self._maintain(), name="kichat-broker-leases"),
+            asyncio.create_task(self._beat(), name="kichat-broker-heartbeat"),
         ]
         await self._ready.wait()
 
@@ -177,6 +182,8 @@ class RedisBroker(Broker):
                 await task
         if self._proto is not None:
             self._proto.close()
+        with contextlib.suppress(RedisError, TimeoutError):
+            await self._redis.delete(f"{self.prefix}alive:{self.node_id}")
         await self._redis.aclose()
 
     async def _call(self, name: str, *args: Any) -> Any:
@@ -329,6 +336,8 @@ class RedisBroker(Broker):
                         waiter.set_result(None)
             elif kind == b"free" and self._handler is not None:
                 self._handler.on_topic_released(name)
+            elif kind == b"handoff" and self._handler is not None and name not in self._leases:
+                self._handler.on_hand_over(name)
 
     def _deliver(self, name: str, position: int, payload: bytes) -> None:
         topic = self._topics.get(name)
@@ -521,6 +530,22 @@ class RedisBroker(Broker):
         self._drop_queued(lease.topic)
         await self._call("RELEASE", self.node_id, lease.topic, lease.token)
 
+    async def hand_over(self, lease: Lease) -> bool:
+        offered = await self._call(
+            "HAND_OVER", self.node_id, lease.topic, lease.token, round(self.lease_ttl * 1000)
+        )
+        return bool(offered)
+
+    async def take_over(self, topic: str) -> Lease | None:
+        token = await self._call(
+            "TAKE_OVER", self._epoch, self.node_id, topic, round(self.lease_ttl * 1000)
+        )
+        if token is None:
+            return None
+        lease = self._leases[topic] = Lease(topic, int(token), takeover=True)
+        self._status.takeovers += 1
+        return lease
+
     async def announce(self, lease: Lease, state: TopicState) -> None:
         value = "1" if state.live else f"0|{state.code}|{state.message}"
         await self._call(
@@ -546,15 +571,34 @@ class RedisBroker(Broker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, remaining)
 
-    async def interested(self, topics: Iterable[str]) -> set[str]:
+    async def readers(self, topics: Iterable[str]) -> dict[str, int]:
         names = list(topics)
         if not names:
-            return set()
+            return {}
         try:
             counts = await self._redis.pubsub_numsub(*(f"{self.prefix}ev:{t}" for t in names))
         except RedisError as exc:
             raise BrokerUnavailable(f"Redis: {exc}") from exc
-        return {name for name, (_, n) in zip(names, counts, strict=True) if n}
+        return {name: int(n) for name, (_, n) in zip(names, counts, strict=True)}
+
+    async def _beat_once(self) -> None:
+        try:
+            await self._redis.set(
+                f"{self.prefix}alive:{self.node_id}", b"1", px=round(self.node_timeout * 1000)
+            )
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis: {exc}") from exc
+
+    async def _beat(self) -> None:
+        """The heartbeat other nodes read to tell that this one is alive."""
+        while True:
+            await asyncio.sleep(self.node_timeout / 3)
+            with contextlib.suppress(BrokerUnavailable, TimeoutError):
+                await self._beat_once()
+
+    async def known(self, topic: str, keys: Iterable[str]) -> set[str]:
+        reply = await self._call("KNOWN", self._epoch, topic, *keys)
+        return {k.decode() for k in reply}
 
     async def _maintain(self) -> None:
         """Renew leases, refresh live sessions, probe the subscriber; every renew interval."""

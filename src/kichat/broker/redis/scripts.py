@@ -13,10 +13,12 @@ Key layout (``P`` is the configured prefix, ``kichat:`` by default; ``T`` a topi
     P fence         STRING token counter
     P s:<pid>       STRING "<node>|<record>" with a TTL: a saved session
     P batch:<id>    STRING marks a publish batch applied (retries after a lost reply are no-ops)
+    P handoff:T     STRING "<node>:<token>": the owner is leaving and offers T to a successor
+    P alive:N       STRING with a short TTL, refreshed by node N's heartbeat: N is alive
     P ev:T          channel: publications, "<position>|<payload>"
-    P node:N        channel: node N's inbox ("taken|<pid>", probes); its subscriber count says
-                           whether N is alive
-    P ctl           channel: "free|T" (lease released), "state|T" (state announced)
+    P node:N        channel: node N's inbox ("taken|<pid>", probes)
+    P ctl           channel: "free|T" (lease released), "state|T" (state announced),
+                           "handoff|T" (the owner is leaving: a reader may take T over)
 
 Key names are built inside the scripts, so this layout needs one Redis primary (not Redis
 Cluster, where keys of one script must share a hash slot).
@@ -158,11 +160,11 @@ return out
 """
 
 # ARGV: prefix, epoch, node, lease ms, then topics.  Returns flat {topic, token, takeover}.
-# A topic is taken if nobody holds it, or if its holder is dead: no connection subscribed to
-# the holder's inbox (a killed process loses its connections at once; a partitioned one keeps
-# them until TCP keepalive, so for that case the lease TTL is the bound). A lease held under
-# this node's own id but unknown to the caller (a restarted process reusing its node id) is
-# taken over too.
+# A topic is taken if nobody holds it, or if its holder is dead: its heartbeat key expired (a
+# killed or partitioned node stops beating; a subscriber reconnecting does not, which is why
+# liveness is not read from the holder's pub/sub subscriptions). A lease held under this
+# node's own id but unknown to the caller (a restarted process reusing its node id) is taken
+# over too.
 ACQUIRE: Final = """
 local P, node, ttl = ARGV[1], ARGV[3], ARGV[4]
 if redis.call('HGET', P .. 'meta', 'epoch') ~= ARGV[2] then return {'epoch'} end
@@ -179,8 +181,7 @@ for i = 5, #ARGV do
     if holder == node then
       take, takeover = true, 1
     else
-      local subs = redis.call('PUBSUB', 'NUMSUB', P .. 'node:' .. holder)
-      if tonumber(subs[2]) == 0 then take, takeover = true, 1 end
+      if redis.call('EXISTS', P .. 'alive:' .. holder) == 0 then take, takeover = true, 1 end
     end
   end
   if take then
@@ -248,4 +249,44 @@ local sep = string.find(saved, '|', 1, true)
 local holder = string.sub(saved, 1, sep - 1)
 if holder ~= ARGV[2] then redis.call('PUBLISH', P .. 'node:' .. holder, 'taken|' .. ARGV[3]) end
 return string.sub(saved, sep + 1)
+"""
+
+# ARGV: prefix, node, topic, token, ms.  Returns 1 if offered. The owner keeps publishing until a
+# successor takes the lease (make-before-break: the successor subscribes upstream first).
+HAND_OVER: Final = """
+local P = ARGV[1]
+local owner = ARGV[2] .. ':' .. ARGV[4]
+if redis.call('GET', P .. 'own:' .. ARGV[3]) ~= owner then return 0 end
+redis.call('SET', P .. 'handoff:' .. ARGV[3], owner, 'PX', ARGV[5])
+redis.call('PUBLISH', P .. 'ctl', 'handoff|' .. ARGV[3])
+return 1
+"""
+
+# ARGV: prefix, epoch, node, topic, lease ms.  Returns the new token, or false if the topic is
+# not (or no longer) offered. Exactly one successor wins.
+TAKE_OVER: Final = """
+local P = ARGV[1]
+if redis.call('HGET', P .. 'meta', 'epoch') ~= ARGV[2] then return false end
+local key = P .. 'own:' .. ARGV[4]
+local offered = redis.call('GET', P .. 'handoff:' .. ARGV[4])
+if not offered or redis.call('GET', key) ~= offered then return false end
+local token = redis.call('INCR', P .. 'fence')
+redis.call('SET', key, ARGV[3] .. ':' .. token, 'PX', ARGV[5])
+redis.call('DEL', P .. 'handoff:' .. ARGV[4])
+return token
+"""
+
+# ARGV: prefix, epoch, topic, then keys.  Returns the keys found among the topic's recent
+# publications (the last 500).
+KNOWN: Final = """
+local P = ARGV[1]
+if redis.call('HGET', P .. 'meta', 'epoch') ~= ARGV[2] then return {} end
+local seen = {}
+for _, e in ipairs(redis.call('XREVRANGE', P .. 'log:' .. ARGV[3], '+', '-', 'COUNT', 500)) do
+  local f = e[2]
+  for j = 1, #f, 2 do if f[j] == 'k' then seen[f[j + 1]] = true end end
+end
+local out = {}
+for i = 4, #ARGV do if seen[ARGV[i]] then out[#out + 1] = ARGV[i] end end
+return out
 """
