@@ -77,7 +77,7 @@
 
     const conns = Array.isArray(upstream.connections) ? upstream.connections : [];
     const connected = conns.filter((c) => c.state === "connected").length;
-    text("upstream", upstream.fatal ? "refused" : `${connected} / ${conns.length} connected`);
+    text("upstream", upstream.fatal ? "refused" : `${connected}/${conns.length} up`);
     $("upstream-detail").textContent = upstream.fatal
       ? String(upstream.fatal_error || "")
       : `reconnects: ${pairs(upstream.reconnects)}`;
@@ -158,14 +158,19 @@
   function draw() {
     const svg = $("chart");
     const ns = "http://www.w3.org/2000/svg";
-    const width = 600, height = 140, pad = 16;
-    const nodes = [];
+    const width = 600, height = 140, top = 24, bottom = 10; // labels above the lines
+    const axis = document.createElementNS(ns, "line");
+    for (const [k, v] of [["x1", 0], ["x2", width], ["y1", height - bottom], ["y2", height - bottom]]) {
+      axis.setAttribute(k, String(v));
+    }
+    axis.setAttribute("class", "axis");
+    const nodes = [axis];
     for (const [key, cls] of [["eventsIn", "line-in"], ["deliveries", "line-out"]]) {
       const values = history.map((h) => h[key]);
       const max = Math.max(1, ...values);
       const points = values.map((v, i) => {
         const x = width - (values.length - 1 - i) * (width / (SAMPLES - 1));
-        const y = height - pad - (v / max) * (height - 2 * pad);
+        const y = height - bottom - (v / max) * (height - top - bottom);
         return `${x.toFixed(1)},${y.toFixed(1)}`;
       });
       const line = document.createElementNS(ns, "polyline");
