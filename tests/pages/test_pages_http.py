@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from kichat.config import load_settings
+from kichat.errors import ConfigError
 from kichat.http import Request
 from kichat.web.pages import PACKAGED_CLIENT_DIR, ClientScript, Pages
 
@@ -170,7 +171,7 @@ async def test_without_the_client_script_a_404_says_how_to_install_it(tmp_path: 
 
 
 async def test_the_client_directory_setting(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="must be a directory holding socket.io.min.js"):
+    with pytest.raises(ConfigError, match=r"must be a directory holding socket\.io\.min\.js"):
         load_settings({"pages.socketio_client_dir": str(tmp_path)}, env={})
     (tmp_path / "socket.io.min.js").write_bytes(b"/* min */")
     async with stack({"pages.socketio_client_dir": str(tmp_path)}) as s:

@@ -164,6 +164,24 @@ async def test_rest_only_answers_get() -> None:
 # -- control API --------------------------------------------------------------------------------
 
 
+async def test_the_control_api_lists_itself() -> None:
+    async with sim_and_http() as (sim, http):
+        listing = (await http.get("/_sim/")).json()
+        assert (await http.get("/_sim")).json() == listing
+        assert (await http.post("/_sim/", json={})).status_code == 405
+    endpoints = listing["endpoints"]
+    served = set(sim._control.routes)
+    assert {(e["method"], e["path"]) for e in endpoints} == served
+    assert len(endpoints) == len(served)
+    for e in endpoints:
+        assert set(e) == {"method", "path", "summary", "body", "returns"}
+        assert e["summary"]
+        assert e["returns"]
+        # A body is documented exactly for the methods that read one.
+        assert (e["body"] is not None) == (e["method"] == "POST"), e
+    assert "409" in listing["errors"]
+
+
 async def test_stats_and_publish_through_the_control_api() -> None:
     async with sim_and_http() as (sim, http):
         async with await PusherTestClient.open(sim.pusher_url) as client:
