@@ -190,6 +190,15 @@ class Stack:
         await self.app.close()
         await self.start(port)
 
+    async def subscribed(self, count: int = 1) -> None:
+        """Wait until this gateway has acknowledged ``count`` subscriptions (after a restart,
+        a page's state may still say live from before: this is the gateway's own word)."""
+        await eventually(
+            lambda: self.app.service.stats.subscribes["ok"] >= count,
+            within=20 * UNIT,
+            what=f"{count} subscription(s) acknowledged",
+        )
+
     async def chat(self, data: dict[str, Any]) -> None:
         """Publish a ChatMessageEvent on xqc's chatroom and check the gateway has a subscriber."""
         assert await self.sim.publish(XQC_CHAT, CHAT, data) >= 1, "nobody subscribed upstream"

@@ -44,6 +44,7 @@ async def test_the_browser_example_prints_chat(browser: Browser) -> None:
 
         # A gateway restart: the page subscribes again and chat goes on.
         await s.restart()
+        await s.subscribed()
         await browser.wait(
             "return document.getElementById('status').textContent === 'subscribed to xqc'",
             what="subscribed again",

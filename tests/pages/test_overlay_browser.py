@@ -274,13 +274,19 @@ async def test_transparent_by_default_and_fade_out(page: Browser) -> None:
         await open_live(page, f"{s.url}/overlay/xqc?chatroomId=668&fade=1&badges=0")
         background = await page.js("return getComputedStyle(document.body).backgroundColor")
         assert background == "rgba(0, 0, 0, 0)"
-        await s.chat(message("f1", "viewer", "soon gone", badges=ALL_BADGES))
-        await wait_ids(page, ["f1"])
-        assert (
-            await page.js("return getComputedStyle(document.querySelector('.badges')).display")
-            == "none"
+        # Record each message as it is added: it may be gone before a poll would see it.
+        await page.js(
+            """window.added = [];
+            new MutationObserver((changes) => {
+              for (const c of changes) for (const n of c.addedNodes) {
+                window.added.push([n.dataset.id, getComputedStyle(n.querySelector('.badges')).display]);
+              }
+            }).observe(document.getElementById('chat'), { childList: true });"""
         )
-        await wait_ids(page, [])  # faded out after 1 s
+        await s.chat(message("f1", "viewer", "soon gone", badges=ALL_BADGES))
+        added = await page.wait("return window.added.length && window.added", what="added")
+        assert added == [["f1", "none"]]  # shown, without its badges
+        await wait_ids(page, [])  # then faded out after 1 s
 
 
 async def test_chatroom_id_is_looked_up_and_a_failed_lookup_is_shown(page: Browser) -> None:
@@ -319,6 +325,7 @@ async def test_the_overlay_survives_a_gateway_restart(page: Browser) -> None:
         await s.chat(message("before", "viewer", "before the restart"))
         await wait_ids(page, ["before"])
         await s.restart()  # a new process: no session to recover, the page subscribes again
+        await s.subscribed()
         await page.wait_state("live", within=20 * UNIT)
         assert await page.js("return window.kichatSocket.recovered") is False
         await s.chat(message("after", "viewer", "after the restart"))

@@ -8,12 +8,14 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from kichat.sim import KickSimulator
+from kichat.sim.control import endpoints_markdown
 
 from conftest import UNIT, eventually
 from sim_helpers import CHAT, PusherTestClient, fixture, shape
@@ -180,6 +182,13 @@ async def test_the_control_api_lists_itself() -> None:
         # A body is documented exactly for the methods that read one.
         assert (e["body"] is not None) == (e["method"] == "POST"), e
     assert "409" in listing["errors"]
+
+
+def test_the_readme_shows_the_control_api_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert endpoints_markdown() in readme, (
+        "README.md's control API table is stale: paste kichat.sim.control.endpoints_markdown()"
+    )
 
 
 async def test_stats_and_publish_through_the_control_api() -> None:

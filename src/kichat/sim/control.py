@@ -381,3 +381,18 @@ def _channel_json(ch: SimChannel) -> dict[str, Any]:
         "username": ch.username,
         "live": ch.livestream is not None,
     }
+
+
+def endpoints_markdown() -> str:
+    """The README's table of the control API (tests/sim/test_sim_http.py keeps them equal)."""
+
+    def cell(text: str | None) -> str:
+        return "" if text is None else "`" + text.replace("|", "\\|") + "`"
+
+    rows = ["| endpoint | what | body | answer |", "|---|---|---|---|"]
+    rows += [
+        f"| `{e.method} {e.path}` | {e.summary} | {cell(e.body)} | "
+        f"{cell(e.returns) if e.returns.startswith('{') else e.returns} |"
+        for e in ENDPOINTS
+    ]
+    return "\n".join(rows) + "\n"
