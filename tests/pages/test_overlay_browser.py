@@ -310,6 +310,19 @@ async def test_chatroom_id_is_looked_up_and_a_failed_lookup_is_shown(page: Brows
         assert "HTTP 502" in notice, notice
 
 
+async def test_with_api_keys_the_token_in_the_url_is_used(page: Browser) -> None:
+    async with stack({**refused_emotes(), "limits.api_keys": ["k1"]}) as s:
+        # The lookup (X-API-Key) and the Socket.IO connection (auth.token) both use it.
+        await open_live(page, f"{s.url}/overlay/xqc?token=k1")
+        await s.chat(message("m1", "viewer", "with a key"))
+        await wait_ids(page, ["m1"])
+
+        await page.get(f"{s.url}/overlay/xqc?chatroomId=668&token=wrong")
+        await page.wait_state("refused")
+        notice = await page.js("return document.getElementById('notice').textContent")
+        assert notice.startswith("The gateway refused the connection"), notice
+
+
 async def test_a_refused_subscription_is_shown(page: Browser) -> None:
     async with stack(refused_emotes()) as s:
         s.sim.fail_subscriptions("chatrooms.668*", "error", None)
