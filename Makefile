@@ -4,18 +4,22 @@
 #   make test     lint, types, and the whole test-suite (what CI runs)
 #
 #   make serve    the gateway against real Kick (ARGS="--port 3000 ...")
+#   make assets   socket.io-client for the gateway's overlay page (npm ci, not committed)
 #   make bench    the fan-out benchmark, project and Node.js peer side by side (see bench/)
 #   make conformance SUITE=<dir>   the official Socket.IO protocol suite against our fixture
 #
-# Everything installs into .venv (Python) and tests/js/node_modules (the JS test clients).
+# Everything installs into .venv (Python), tests/js/node_modules (the JS test clients) and
+# src/kichat/web/assets/node_modules (socket.io-client, served at /socket.io/socket.io.js).
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kichat-installed
 JS_STAMP := tests/js/node_modules/.kichat-installed
+ASSETS := src/kichat/web/assets
+ASSETS_STAMP := $(ASSETS)/node_modules/.kichat-installed
 
-.PHONY: demo serve test lint typecheck pytest bench bench-results conformance clean
+.PHONY: demo serve assets test lint typecheck pytest bench bench-results conformance clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +31,16 @@ $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
 	npm ci --prefix tests/js --no-audit --no-fund
 	touch $@
 
+$(ASSETS_STAMP): $(ASSETS)/package.json $(ASSETS)/package-lock.json
+	npm ci --prefix $(ASSETS) --no-audit --no-fund
+	touch $@
+
+assets: $(ASSETS_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/kichat demo $(ARGS)
 
-serve: $(STAMP)
+serve: $(STAMP) $(ASSETS_STAMP)
 	$(VENV)/bin/kichat serve $(ARGS)
 
 lint: $(STAMP)
@@ -40,7 +50,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-pytest: $(STAMP) $(JS_STAMP)
+pytest: $(STAMP) $(JS_STAMP) $(ASSETS_STAMP)
 	$(PY) -m pytest $(ARGS)
 	# The core server again on the standard library's event loop (the suite runs on uvloop).
 	KICHAT_TEST_LOOP=asyncio $(PY) -m pytest -q tests/http tests/sio
@@ -61,4 +71,4 @@ conformance: $(STAMP)
 	  sleep 1; (cd "$(SUITE)" && npx mocha test-suite.js); status=$$?; kill $$pid; exit $$status
 
 clean:
-	rm -rf $(VENV) tests/js/node_modules bench/build bench/out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules $(ASSETS)/node_modules bench/build bench/out .mypy_cache .ruff_cache .pytest_cache

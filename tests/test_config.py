@@ -322,6 +322,12 @@ BAD_VALUES = [
     ("cluster.backfill_window", -1.0, "between 0 and 3600"),
     ("log.level", "verbose", "must be one of debug, info"),
     ("log.format", "xml", "must be one of text, json"),
+    ("pages.emote_url", "https://a/{id}/{id}", "{id} exactly once"),
+    ("pages.emote_url", "https://a/{name}", "{id} exactly once"),
+    ("pages.emote_url", "ftp://a/{id}", "http(s) URL"),
+    ("pages.emote_url", "https:///{id}", "with a host"),
+    ("pages.emote_url", "https://a/{id}'onerror", "without credentials, quotes or spaces"),
+    ("pages.socketio_client_dir", "/nonexistent", "holding socket.io.min.js"),
 ]
 
 
@@ -506,5 +512,5 @@ def test_display_redacts_secrets() -> None:
     ]
     assert shown["pusher"]["url"] == KICK_PUSHER_URL
     assert set(shown) == {
-        "server", "socketio", "pusher", "kick_api", "relay", "limits", "cluster", "log"
+        "server", "socketio", "pusher", "kick_api", "relay", "limits", "cluster", "log", "pages",
     }  # fmt: skip

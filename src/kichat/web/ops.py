@@ -8,12 +8,14 @@ event loop is lagging, or the gateway is shutting down.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from kichat import __version__
 from kichat.http import Request, Response
 from kichat.web import openapi
 from kichat.web.router import Route, Router
@@ -28,6 +30,7 @@ class Ops:
     def __init__(self, app: App, metrics: CollectorRegistry) -> None:
         self.app = app
         self.metrics = metrics
+        self.started = time.monotonic()
 
     def install(self, router: Router) -> None:
         ops = "operations"
@@ -76,7 +79,9 @@ class Ops:
         app = self.app
         pool = app.pool.status()
         gw = app.gateway
-        return {
+        snapshot = {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
             "clients": app.sio.snapshot(),
             "sio": {k: v for k, v in vars(app.sio.stats).items() if k != "disconnects"}
             | {"disconnects": dict(app.sio.stats.disconnects)},
@@ -86,7 +91,6 @@ class Ops:
                 "active_rooms": gw.active_rooms,
                 "upstream_channels": len(app.feeds.upstream_channels),
             },
-            "cluster": self._cluster_figures(),
             "subscribes": dict(app.service.stats.subscribes),
             "refused_connections": dict(app.service.stats.refused_connections),
             "upstream": {
@@ -121,10 +125,17 @@ class Ops:
             "event_loop_lag_seconds": round(app.loop_lag.lag, 4),
             "ready": not self.not_ready_reasons(),
         }
+        cluster = self._cluster_figures()
+        if cluster is not None:
+            snapshot["cluster"] = cluster
+        return snapshot
 
-    def _cluster_figures(self) -> dict[str, Any]:
+    def _cluster_figures(self) -> dict[str, Any] | None:
+        """Cluster mode's figures (``None`` in one process: there is no cluster to show)."""
         app = self.app
         status = app.broker.status()
+        if status.backend == "memory":
+            return None
         figures = {k: v for k, v in asdict(status).items() if k != "details"} | status.details
         figures["owned"] = sorted(app.feeds.owned)
         figures["read"] = sorted(app.gateway.topics)
