@@ -400,6 +400,12 @@ BAD_VALUES = [
     ("limits.api_keys", [1, 2], "list of strings"),
     ("log.level", "verbose", "must be one of debug, info"),
     ("log.format", "xml", "must be one of text, json"),
+    ("pages.emote_url", "https://a/{id}/{id}", "{id} exactly once"),
+    ("pages.emote_url", "https://a/{name}", "{id} exactly once"),
+    ("pages.emote_url", "ftp://a/{id}", "http(s) URL"),
+    ("pages.emote_url", "https:///{id}", "with a host"),
+    ("pages.emote_url", "https://a/{id}'onerror", "without credentials, quotes or spaces"),
+    ("pages.socketio_client_dir", "/nonexistent", "holding socket.io.min.js"),
 ]
 
 
@@ -581,4 +587,6 @@ def test_display_redacts_secrets() -> None:
         "chatrooms.{chatroom_id}",
     ]
     assert shown["pusher"]["url"] == KICK_PUSHER_URL
-    assert set(shown) == {"server", "socketio", "pusher", "kick_api", "relay", "limits", "log"}
+    assert set(shown) == {
+        "server", "socketio", "pusher", "kick_api", "relay", "limits", "log", "pages",
+    }  # fmt: skip

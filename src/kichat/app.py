@@ -5,7 +5,7 @@ and graceful shutdown.
 
     Kick (Pusher) -> PusherPool -> Gateway.on_upstream_event -> Namespace.emit -> clients
     clients -> subscribe -> RelayService -> Registry / Gateway.acquire -> PusherPool.subscribe
-    HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops)
+    HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops) | pages (Pages)
 
 Shutdown order: stop accepting; mark not ready; close Socket.IO connections so clients see a
 transport close and reconnect (elsewhere, or here after a restart); close the upstream pool and
@@ -31,6 +31,7 @@ from kichat.relay import Gateway, Registry, RelayService
 from kichat.sio import Server
 from kichat.web.frontend import Frontend
 from kichat.web.ops import Ops
+from kichat.web.pages import Pages
 from kichat.web.rest import RestApi
 from kichat.web.router import Router
 
@@ -114,6 +115,8 @@ class App:
         RestApi(self.kick).install(self.router)
         self.ops = Ops(self, self.metrics)
         self.ops.install(self.router)
+        self.pages = Pages(s)
+        self.pages.install(self.router)
         self.frontend = Frontend(
             self.router,
             rest_per_minute=s.limits.rest_per_minute,

@@ -9,6 +9,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -191,3 +192,26 @@ def check_api_keys(value: tuple[str, ...]) -> str | None:
         if not re.fullmatch(r"[\x21-\x2b\x2d-\x7e]{1,256}", key):
             return f"key #{index + 1} must be 1-256 printable ASCII characters, no spaces or commas"
     return None
+
+
+def check_emote_url(value: str) -> str | None:
+    if value == "":
+        return None  # emotes shown as their names
+    rest = value.replace("{id}", "", 1)
+    if "{id}" not in value or "{" in rest or "}" in rest:
+        return f"must contain {{id}} exactly once and no other braces, got {short(value)}"
+    problem = _url_problem(rest, ("http", "https"), "an http(s) URL", echo=False)
+    if problem:
+        return f"{problem}, got {short(value)}"
+    if "@" in urlsplit(value).netloc or any(c in value for c in " \"'<>\\"):
+        return f"must be a plain URL without credentials, quotes or spaces, got {short(value)}"
+    return None
+
+
+def check_client_dir(value: str) -> str | None:
+    if value == "" or Path(value, "socket.io.min.js").is_file():
+        return None
+    return (
+        f"must be a directory holding socket.io.min.js (socket.io-client's dist/), "
+        f"got {short(value)}"
+    )

@@ -12,6 +12,8 @@ from kichat.config.checks import (
     between,
     check_api_keys,
     check_api_url,
+    check_client_dir,
+    check_emote_url,
     check_headers,
     check_host,
     check_networks,
@@ -35,6 +37,7 @@ KICK_PUSHER_URL = (
     "?protocol=7&client=js&version=8.4.0&flash=false"
 )
 KICK_API_URL = "https://kick.com"
+KICK_EMOTE_URL = "https://files.kick.com/emotes/{id}/fullsize"
 
 
 # --- the settings -----------------------------------------------------------------------------
@@ -269,6 +272,23 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PagesSettings:
+    """The status page at / and the chat overlay at /overlay/{channelName}."""
+
+    emote_url: str = option(
+        KICK_EMOTE_URL,
+        "Image URL of a Kick emote in the overlay ({id} is replaced); empty shows emote names.",
+        check=check_emote_url,
+    )
+    socketio_client_dir: str = option(
+        "",
+        "Directory of socket.io-client's dist/ files served at <socketio.path>socket.io.js"
+        " (empty: the copy `make assets` installs in the package).",
+        check=check_client_dir,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """All settings. ``Settings()`` is the default configuration."""
 
@@ -279,3 +299,4 @@ class Settings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    pages: PagesSettings = field(default_factory=PagesSettings)
