@@ -348,6 +348,24 @@ async def test_watch_reports_an_unreachable_gateway_in_one_line() -> None:
     )
 
 
+async def test_watch_into_a_pipe_that_closes_ends_quietly() -> None:
+    # `kichat watch ... | head -1`: the reader leaves after one line.
+    async with gateway() as (sim, url):
+        read, write = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kichat", "watch", url, "xqc", "668",
+            stdout=write, stderr=asyncio.subprocess.PIPE, env=_env(),
+        )  # fmt: skip
+        os.close(write)
+        with os.fdopen(read, "rb") as reader:
+            first = await asyncio.to_thread(reader.readline)
+        assert first == b"subscribed to xqc (chatroom 668): ok\n"
+        # The next line written hits the closed pipe.
+        await sim.publish_event(CHAT, "xqc")
+        _, err = await asyncio.wait_for(proc.communicate(), 20 * UNIT)
+        assert (proc.returncode, err.decode()) == (0, "")
+
+
 async def test_watch_takes_host_and_port_without_a_scheme_and_explains_bad_urls() -> None:
     async with (
         gateway() as (_, url),

@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout went away (`kichat watch ... | head`): nothing to report. Point
+        # stdout at /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE or args.command not in ("serve", "demo"):
             print(f"kichat {args.command}: {exc}", file=sys.stderr)
