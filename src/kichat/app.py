@@ -45,6 +45,7 @@ class App:
         s = settings
         self.settings = s
         self.stopping = False
+        self._bound = False
         self.kick = KickApi(
             s.kick_api.url,
             timeout=s.kick_api.timeout,
@@ -142,10 +143,14 @@ class App:
         return self.http.port
 
     async def start(self) -> None:
+        # Bind first: a busy port then fails before anything has started (no upstream
+        # connection to undo, no shutdown lines in front of the one message that matters).
+        # Nothing below yields to the event loop, so no request is served half-started.
+        await self.http.start(self.settings.server.host, self.settings.server.port)
+        self._bound = True
         await self.pool.start()
         await self.sio.start()
         self.loop_lag.start()
-        await self.http.start(self.settings.server.host, self.settings.server.port)
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
             self.settings.server.host, self.port, self.settings.socketio.path,
@@ -156,6 +161,9 @@ class App:
         if self.stopping:
             return
         self.stopping = True
+        if not self._bound:
+            await self.kick.aclose()  # the only thing running before the port is bound
+            return
         grace = self.settings.server.shutdown_timeout
         log.info("shutting down (grace period %.1f s)", grace)
         await self.sio.close()
