@@ -158,16 +158,20 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive(self, packet: str | bytes) -> None:
-        """One Engine.IO packet from the client (text with its type digit, or binary data)."""
+    def receive(self, packet: str | bytes) -> bool:
+        """One Engine.IO packet from the client (text with its type digit, or binary data).
+        False if it broke the protocol: the connection is then closed."""
         if self.closed:
-            return
+            return True
         try:
             self._receive(packet)
         except ParseError as exc:
+            # One line, bounded: error messages quote at most a few characters of the packet.
             log.info("closing %s (%s): %s", self.sid, self.peer, exc)
             self.server.stats.parse_errors += 1
             self.close(PARSE_ERROR)
+            return False
+        return True
 
     def _receive(self, packet: str | bytes) -> None:
         if isinstance(packet, bytes):
@@ -263,6 +267,8 @@ class Connection:
                 code = websocket.CLOSE_GOING_AWAY if reason == SERVER_SHUTDOWN else 1000
                 if reason == SLOW_CLIENT:
                     self.ws.abort()  # its buffers are full: a close frame would queue behind them
+                elif reason == PARSE_ERROR:
+                    self.ws.close(websocket.CLOSE_PROTOCOL_ERROR, PARSE_ERROR)
                 else:
                     self.ws.close(code)
         elif self.poll is not None and not self.poll.done():

@@ -286,7 +286,7 @@ class Server:
             return
         sock = conn.sockets.get(packet.nsp)
         if sock is None:
-            raise ParseError(f"packet for namespace {packet.nsp!r} before connecting to it")
+            raise ParseError(f"packet for namespace {packet.nsp[:40]!r} before connecting to it")
         sock.nsp._packet(sock, packet)
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
@@ -438,7 +438,8 @@ class Server:
             conn.close(TRANSPORT_ERROR)
             return _eio_error(engineio.BAD_REQUEST, cors)
         for packet in packets:
-            conn.receive(packet)
+            if not conn.receive(packet):
+                return _eio_error(engineio.BAD_REQUEST, cors)
             if conn.closed:
                 break
         return Response(200, b"ok", _text_headers(cors))
