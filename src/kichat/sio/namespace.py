@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,6 +29,7 @@ log = logging.getLogger("kichat.sio")
 CLIENT_DISCONNECT: Final = "client namespace disconnect"
 SERVER_DISCONNECT: Final = "server namespace disconnect"
 EVENT_OVERFLOW: Final = "too many pending events"
+_OFFSET: Final = re.compile("[0-9]{1,18}")  # what we send; anything else is not ours
 
 ConnectHandler = Callable[["Socket", dict[str, Any]], Awaitable[None] | None]
 DisconnectHandler = Callable[["Socket", str], Awaitable[None] | None]
@@ -331,7 +333,7 @@ class Namespace:
         """Reattach a detached socket; False if its missed packets are no longer all kept."""
         server = self.server
         after = sock.base_offset
-        if isinstance(offset, str) and offset.isdigit():
+        if isinstance(offset, str) and _OFFSET.fullmatch(offset):
             after = int(offset)
         rooms = dict(sock.rooms)
         rooms[""] = sock.base_offset  # namespace-wide broadcasts
