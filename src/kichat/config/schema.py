@@ -97,7 +97,16 @@ class SocketIOSettings:
         check=between(1 * KIB, 100 * MIB),
     )
     connect_timeout: float = option(
-        45.0, "Time a client has to join a namespace after the handshake.", check=between(1, 600)
+        10.0,
+        "Time a client has to join a namespace after the handshake; a session that has not"
+        " joined one by then is closed (socket.io-client joins at once).",
+        check=between(1, 600),
+    )
+    max_pending_connections: int = option(
+        10_000,
+        "Sessions that have not joined a namespace yet, all clients together; past it,"
+        " handshakes are refused with HTTP 503 (see limits.pending_connections_per_ip).",
+        check=between(1, 10_000_000),
     )
     recovery: bool = option(True, "Connection state recovery: replay missed events on reconnect.")
     recovery_window: float = option(
@@ -242,7 +251,21 @@ class LimitsSettings:
         100, "REST requests per minute per IP.", check=between(1, 1_000_000)
     )
     connections_per_ip: int = option(
-        10, "Concurrent Socket.IO connections per IP.", check=between(1, 1_000_000)
+        10,
+        "Concurrent Socket.IO connections per IP (sessions waiting to be recovered do not count).",
+        check=between(1, 1_000_000),
+    )
+    pending_connections_per_ip: int = option(
+        10,
+        "Socket.IO sessions per IP that have not joined the namespace yet (a handshake whose"
+        " CONNECT has not come, or was refused); past it, handshakes get HTTP 429.",
+        check=between(1, 1_000_000),
+    )
+    detached_per_ip: int = option(
+        10,
+        "Sessions per IP kept for connection state recovery after their transport dropped;"
+        " past it, the oldest ends at once.",
+        check=between(1, 1_000_000),
     )
     subscriptions_per_client: int = option(
         50, "Rooms one Socket.IO client may be subscribed to.", check=between(1, 10_000)

@@ -54,9 +54,11 @@ class Connection:
     __slots__ = (
         "_binary",
         "_timer",
+        "client",
         "closed",
         "dirty",
         "peer",
+        "pending",
         "poll",
         "posting",
         "probe",
@@ -75,6 +77,8 @@ class Connection:
         self.sid = sid
         self.request = request
         self.peer = request.peer
+        self.client = self.peer  # the key of the client's budgets (see kichat.sio.admission)
+        self.pending = False  # no socket joined a namespace yet: counted as a pending session
         self.transport = transport
         self.ws: WebSocket | None = None
         self.probe: WebSocket | None = None  # a WebSocket being upgraded to

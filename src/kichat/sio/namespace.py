@@ -33,6 +33,7 @@ _OFFSET: Final = re.compile("[0-9]{1,18}")  # what we send; anything else is not
 
 ConnectHandler = Callable[["Socket", dict[str, Any]], Awaitable[None] | None]
 DisconnectHandler = Callable[["Socket", str], Awaitable[None] | None]
+TransportHandler = Callable[["Socket"], None]
 EventHandler = Callable[["Socket", list[Any], "Ack | None"], Awaitable[None] | None]
 
 
@@ -82,6 +83,7 @@ class Socket:
         "_pending",
         "auth",
         "base_offset",
+        "client",
         "conn",
         "connected",
         "data",
@@ -103,6 +105,7 @@ class Socket:
         self.pid: str | None = new_id() if offsets else None
         self.auth = auth
         self.handshake: Request = conn.request
+        self.client = conn.client  # whose budgets a detached socket counts against
         self.conn: Connection | None = None  # set once connected: broadcasts skip it until then
         self.connected = False
         self.recovered = False
@@ -220,6 +223,8 @@ class Namespace:
         self._prefix = parser.nsp_prefix(name)
         self._connect_handler: ConnectHandler | None = None
         self._disconnect_handler: DisconnectHandler | None = None
+        self._detach_handler: TransportHandler | None = None
+        self._restore_handler: TransportHandler | None = None
         self._handlers: dict[str, EventHandler] = {}
 
     # -- registration --------------------------------------------------------------------------
@@ -230,6 +235,18 @@ class Namespace:
 
     def on_disconnect(self, fn: DisconnectHandler) -> DisconnectHandler:
         self._disconnect_handler = fn
+        return fn
+
+    def on_detach(self, fn: TransportHandler) -> TransportHandler:
+        """``fn(sock)`` when a socket loses its transport and waits to be recovered."""
+        self._detach_handler = fn
+        return fn
+
+    def on_restore(self, fn: TransportHandler) -> TransportHandler:
+        """``fn(sock)`` when a detached socket is about to be recovered, ``sock.handshake``
+        already the new connection's request; raising ConnectRefused refuses the recovery (the
+        socket then ends and the client receives CONNECT_ERROR)."""
+        self._restore_handler = fn
         return fn
 
     def on(self, event: str) -> Callable[[EventHandler], EventHandler]:
@@ -338,19 +355,28 @@ class Namespace:
         rooms = dict(sock.rooms)
         rooms[""] = sock.base_offset  # namespace-wide broadcasts
         missed = self.log.missed(rooms, after)
-        assert sock.pid is not None
-        del server.detached[sock.pid]
+        server.undetach(sock)
         if missed is None:
             server.stats.recovery_failed += 1
             self._finalize(sock, sock.disconnect_reason or TRANSPORT_CLOSE)
             return False
+        sock.handshake = conn.request
+        sock.client = conn.client
+        if self._restore_handler is not None:
+            try:
+                self._restore_handler(sock)
+            except ConnectRefused as exc:
+                server.stats.recovery_failed += 1
+                self._finalize(sock, sock.disconnect_reason or TRANSPORT_CLOSE)
+                conn.send(self._refusal(exc))
+                return True
         server.stats.recovered += 1
         sock.recovered = True
         sock.detached_at = None
-        sock.handshake = conn.request
         conn.sockets[self.name] = sock
         self.sockets[sock.sid] = sock
         sock.conn = conn
+        server.joined(conn)
         conn.send(self._connect_reply(sock))
         for frame in missed:
             conn.send(frame)
@@ -391,6 +417,7 @@ class Namespace:
         sock.connected = True
         sock.conn = conn
         self.sockets[sock.sid] = sock
+        self.server.joined(conn)
         conn.send(self._connect_reply(sock))
         pending, sock._pending = sock._pending, None
         for frames in pending or ():
@@ -406,10 +433,13 @@ class Namespace:
         conn.sockets.pop(self.name, None)
         for room in list(sock.rooms):
             self._leave(sock, room)
+        conn.send(self._refusal(exc))
+
+    def _refusal(self, exc: ConnectRefused) -> bytes:
         payload: dict[str, Any] = {"message": exc.message}
         if exc.data is not None:
             payload["data"] = exc.data
-        conn.send(engineio.message_frame(b"4" + self._prefix + parser.dumps(payload)))
+        return engineio.message_frame(b"4" + self._prefix + parser.dumps(payload))
 
     def _detach(self, sock: Socket, reason: str, now: float) -> None:
         """The transport is gone but the client may come back: keep rooms, stop sending."""
@@ -417,20 +447,27 @@ class Namespace:
         sock.detached_at = now
         sock.disconnect_reason = reason
         self.sockets.pop(sock.sid, None)
-        assert sock.pid is not None
-        self.server.detached[sock.pid] = sock
+        if self._detach_handler is not None:
+            try:
+                self._detach_handler(sock)
+            except Exception:
+                self.server.stats.handler_errors += 1
+                log.exception("detach handler failed for socket %s", sock.sid)
+        self.server.detach(sock)
 
     def _finalize(self, sock: Socket, reason: str) -> None:
         """The socket is gone for good: leave rooms, tell the application once."""
         was_connected = sock.connected
         sock.connected = False
-        if sock.conn is not None:
-            sock.conn.sockets.pop(self.name, None)
+        conn = sock.conn
+        if conn is not None:
+            conn.sockets.pop(self.name, None)
         sock.conn = None
         sock._inbox = None
         self.sockets.pop(sock.sid, None)
-        if sock.pid is not None:
-            self.server.detached.pop(sock.pid, None)
+        self.server.undetach(sock)
+        if conn is not None:
+            self.server.left(conn)
         for room in list(sock.rooms):
             self._leave(sock, room)
         self.server.stats.disconnects[reason] += 1
