@@ -186,6 +186,11 @@ class GatewayCollector(Collector):
             "Sockets that lost their transport and may still recover",
             snap["detached_sockets"],
         )
+        yield _gauge(
+            "kichat_pending_connections",
+            "Sessions that have not joined a namespace yet",
+            snap["pending_connections"],
+        )
         yield _gauge("kichat_rooms", "Socket.IO rooms with members", snap["rooms"])
         yield _gauge(
             "kichat_recovery_log_bytes",
@@ -205,6 +210,15 @@ class GatewayCollector(Collector):
         )
         yield _counter(
             "kichat_client_parse_errors_total", "Malformed packets from clients", st.parse_errors
+        )
+        yield _labelled(
+            CounterMetricFamily, "kichat_refused_handshakes_total",
+            "Engine.IO handshakes refused, by reason", "reason", st.refused_handshakes,
+        )  # fmt: skip
+        yield _counter(
+            "kichat_detached_evicted_total",
+            "Sessions waiting to be recovered ended early (too many from one address)",
+            st.detached_evicted,
         )
         yield _labelled(
             CounterMetricFamily, "kichat_recoveries_total", "Connection state recovery attempts",

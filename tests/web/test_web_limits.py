@@ -153,6 +153,9 @@ async def test_11th_concurrent_socket_io_connection_is_refused_with_a_reason(
             {
                 "message": "too many connections from your address (limit 10)",
                 "data": {"code": "too_many_connections", "limit": 10},
+                "status": None,
+                "detail": None,
+                "body": None,
             }
         ]
         # ... and from socket.io-client (npm).
@@ -165,6 +168,9 @@ async def test_11th_concurrent_socket_io_connection_is_refused_with_a_reason(
                 "ev": "connect_error",
                 "message": "too many connections from your address (limit 10)",
                 "data": {"code": "too_many_connections", "limit": 10},
+                "status": None,
+                "detail": None,
+                "body": None,
             }
             # One leaves; a new connection is accepted again.
             await clients.pop().disconnect()
