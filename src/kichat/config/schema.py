@@ -67,9 +67,10 @@ class ServerSettings:
         10.0, "Grace period for clients and upstream on shutdown.", check=between(0, 3600)
     )
     socket_send_buffer: int = option(
-        0,
-        "SO_SNDBUF of client sockets (0: the kernel's autotuning). A cap bounds the kernel"
-        " memory a client that stops reading can pin.",
+        256 * KIB,
+        "SO_SNDBUF of client sockets: the kernel memory a client that stops reading can pin on"
+        " top of socketio.outbound_buffer_limit (Linux doubles it). 0: the kernel's autotuning,"
+        " up to net.ipv4.tcp_wmem's maximum (4 MiB by default).",
         unit="bytes",
         check=between(0, 64 * MIB),
     )
@@ -126,7 +127,9 @@ class SocketIOSettings:
     )
     outbound_buffer_limit: int = option(
         4 * MIB,
-        "Unsent bytes per connection before a slow consumer is cut off.",
+        "Unsent bytes the gateway holds for one connection (its queue and its socket's write"
+        " buffer) before a slow consumer is cut off; the kernel's send buffer comes on top"
+        " (server.socket_send_buffer).",
         unit="bytes",
         check=between(64 * KIB, 1024 * MIB),
     )

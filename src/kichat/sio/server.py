@@ -413,7 +413,9 @@ class Server:
     ) -> Response | WebSocketUpgrade:
         if "websocket" not in request.headers.get("upgrade", "").lower():
             return _eio_error(engineio.BAD_REQUEST, cors)
-        limits = {"max_message_size": self.max_payload, "write_limit": self.outbound_buffer_limit}
+        # High-water mark 0: the connection hears as soon as the transport starts buffering,
+        # and from then on counts that buffer against outbound_buffer_limit itself.
+        limits = {"max_message_size": self.max_payload, "write_limit": 0}
         if sid is None:
             key = self.client_key(request)
             refusal = await self._admit(request, key)
