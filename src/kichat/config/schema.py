@@ -93,7 +93,8 @@ class SocketIOSettings:
     )
     max_payload: int = option(
         1_000_000,
-        "Largest packet accepted from a client.",
+        "Largest packet accepted from a client (its binary attachments included); also what"
+        " one client's events may hold while they wait for a busy handler.",
         unit="bytes",
         check=between(1 * KIB, 100 * MIB),
     )

@@ -226,6 +226,7 @@ class Connection:
         if self._binary is not None:
             raise ParseError("text packet while binary attachments were expected")
         packet = parser.decode(text)
+        packet.size = len(text)
         if packet.attachments:
             self._binary = packet
             return
@@ -238,6 +239,10 @@ class Connection:
         if packet is None:
             raise ParseError("binary data without a binary packet")
         packet.buffers.append(data)
+        packet.size += len(data)
+        if packet.size > self.server.max_payload:
+            # maxPayload bounds a packet, whatever number of messages it comes in.
+            raise ParseError("binary packet larger than maxPayload")
         if len(packet.buffers) < packet.attachments:
             return
         self._binary = None

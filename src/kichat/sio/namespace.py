@@ -80,6 +80,7 @@ class Socket:
         "_acks",
         "_busy",
         "_inbox",
+        "_inbox_bytes",
         "_pending",
         "auth",
         "base_offset",
@@ -116,7 +117,8 @@ class Socket:
         self.disconnect_reason = ""
         self._acks: dict[int, Callable[..., Any]] = {}
         self._ack_id = 0
-        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] | None = None
+        self._inbox_bytes = 0  # what the client sent for the events in the inbox
         self._busy = False
         self._pending: list[bytes] | None = []  # sent before the CONNECT reply went out
 
@@ -174,18 +176,26 @@ class Socket:
 
     # -- handler scheduling: one at a time, in order -------------------------------------------
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, fn: Callable[..., Any], *args: Any, size: int = 0) -> None:
+        """Run ``fn(*args)`` now, or after the handler still running; ``size`` is what the
+        client sent for it. Waiting events are bounded in number and in bytes (one packet's
+        maxPayload), so a client cannot pile up memory behind a slow handler."""
         if self._busy:
+            server = self.nsp.server
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = deque()
-            if len(inbox) >= self.nsp.server.max_pending_events:
+            if (
+                len(inbox) >= server.max_pending_events
+                or self._inbox_bytes + size > server.max_payload
+            ):
                 conn = self.conn
                 log.info("closing %s (%s): %s", self.sid, self.peer, EVENT_OVERFLOW)
                 if conn is not None:
                     conn.close(FORCED_CLOSE)
                 return
-            inbox.append((fn, args))
+            inbox.append((fn, args, size))
+            self._inbox_bytes += size
             return
         self._execute(fn, args)
 
@@ -209,7 +219,8 @@ class Socket:
             log.error("handler failed for socket %s", self.sid, exc_info=task.exception())
         inbox = self._inbox
         while inbox and not self._busy:
-            fn, args = inbox.popleft()
+            fn, args, size = inbox.popleft()
+            self._inbox_bytes -= size
             self._execute(fn, args)
 
 
@@ -464,6 +475,7 @@ class Namespace:
             conn.sockets.pop(self.name, None)
         sock.conn = None
         sock._inbox = None
+        sock._inbox_bytes = 0
         self.sockets.pop(sock.sid, None)
         self.server.undetach(sock)
         if conn is not None:
@@ -493,11 +505,11 @@ class Namespace:
                     Ack(sock, packet.id)()  # an unknown event still gets its (empty) ack
                 return
             ack = Ack(sock, packet.id) if packet.id is not None else None
-            sock._submit(handler, sock, args[1:], ack)
+            sock._submit(handler, sock, args[1:], ack, size=packet.size)
         elif packet.type == parser.ACK:
             callback = sock._acks.pop(packet.id, None) if packet.id is not None else None
             if callback is not None:
-                sock._submit(callback, *packet.data)
+                sock._submit(callback, *packet.data, size=packet.size)
         elif packet.type == parser.DISCONNECT:
             self._finalize(sock, CLIENT_DISCONNECT)
         else:

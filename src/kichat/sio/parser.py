@@ -54,6 +54,7 @@ class Packet:
     id: int | None = None
     attachments: int = 0
     buffers: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes received for it (text and attachments), set by the connection
 
     @property
     def has_data(self) -> bool:

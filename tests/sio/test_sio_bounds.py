@@ -1,7 +1,13 @@
-"""Deeply nested JSON from a client (issue 8, item 3), at the wire: over WebSocket, over
-long-polling, and through the binary-attachment path. It must be a protocol error for that
-connection only (a close frame on WebSocket, a 400 on polling), one short log line, never a
-5xx or a traceback; nesting within the limit still works end to end."""
+"""What a client sends is bounded in depth and in size everywhere it is kept or walked
+(issue 8, item 3), at the wire: over WebSocket, over long-polling, and through the
+binary-attachment path.
+
+Deeply nested JSON is a protocol error for that connection only (a close frame on WebSocket, a
+400 on polling), one short log line, never a 5xx or a traceback; nesting within the limit still
+works end to end. Binary attachments and events waiting behind a busy handler count against
+maxPayload. Before: a nested packet escaped as RecursionError (HTTP 500 on polling, a dropped
+connection without a close frame, 164 KB of log for a 2 KB packet).
+"""
 
 from __future__ import annotations
 
@@ -142,3 +148,40 @@ async def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
         )
         assert await recv_json_after(sock, "431") == [text, {"k": text}]
         await sock.close()
+
+
+async def test_binary_attachments_together_are_bounded_by_max_payload(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="kichat")
+    async with serve_sio(max_payload=100_000) as h:
+        sock = await joined_socket(h)
+        head = '455-["echo",' + ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(5))
+        await sock.send(head + "]")
+        with pytest.raises(websockets.ConnectionClosed):
+            for _ in range(5):
+                await sock.send(b"\x00" * 30_000)  # each fits; together they do not
+            await asyncio.wait_for(sock.recv(), 5 * UNIT)
+        assert sock.close_code == 1002
+        assert h.sio.stats.parse_errors == 1
+        assert "binary packet larger than maxPayload" in caplog.text
+
+
+async def test_events_waiting_behind_a_busy_handler_are_bounded_in_bytes() -> None:
+    async with serve_sio(max_payload=100_000) as h:
+        gate = asyncio.Event()
+
+        @h.sio.of("/").on("slow")
+        async def slow(sock: Any, args: list[Any], ack: Any) -> None:
+            await gate.wait()
+
+        sock = await joined_socket(h)
+        await sock.send('42["slow"]')  # busy from now on: what follows waits in the inbox
+        big = '42["echo","' + "x" * 30_000 + '"]'
+        with pytest.raises(websockets.ConnectionClosed):
+            for _ in range(4):  # 3 x 30 KB wait; the 4th would take the inbox past 100 KB
+                await sock.send(big)
+            await asyncio.wait_for(sock.recv(), 5 * UNIT)
+        [(_, reason)] = h.disconnects
+        assert reason == "forced close"
+        gate.set()
