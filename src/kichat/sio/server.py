@@ -137,12 +137,12 @@ class _Probe:
 
 
 class _Refused:
-    """Closes a WebSocket that may not join an existing session."""
+    """Closes a WebSocket that may not carry a session."""
 
     __slots__ = ()
 
-    def __init__(self, sock: WebSocket) -> None:
-        sock.close(ws.CLOSE_POLICY_VIOLATION, "session already upgraded")
+    def __init__(self, sock: WebSocket, reason: str = "session already upgraded") -> None:
+        sock.close(ws.CLOSE_POLICY_VIOLATION, reason)
 
     def on_message(self, data: str | bytes) -> None:
         pass
@@ -421,8 +421,7 @@ class Server:
             refusal = await self._admit(request, key)
             if refusal is not None:
                 return self._refused(refusal, cors)
-            # The session is opened (and counted) once the upgrade succeeds; nothing awaits
-            # between the budget check above and that, so the check still holds then.
+            # The session is opened (and counted) once the upgrade succeeds.
             return WebSocketUpgrade(lambda sock: self._open_websocket(sock, request, key), **limits)
         conn = self.sessions.get(sid)
         if conn is None:
@@ -477,7 +476,10 @@ class Server:
             self.max_payload,
         )
 
-    def _open_websocket(self, sock: WebSocket, request: Request, key: str) -> Connection:
+    def _open_websocket(self, sock: WebSocket, request: Request, key: str) -> Connection | _Refused:
+        if self.budgets.check_pending(key) is not None:
+            # Other handshakes took the last places while this upgrade was completing.
+            return _Refused(sock, "too many connections in progress")
         conn = self._open(request, WEBSOCKET, key)
         conn.ws = sock
         sock.write(ws.text_frame(self._open_packet(conn, [])))
