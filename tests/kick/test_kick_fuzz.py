@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kichat.errors import ClientInputError, KickBadResponse, PusherProtocolError
@@ -21,6 +21,9 @@ from kichat.kick import events as ev
 from kichat.kick.names import MAX_ID_DIGITS, parse_chatroom_id, parse_slug
 from kichat.kick.pusher.protocol import PusherClientProtocol
 from kichat.relay import service
+
+# No deadline, no speed health check: a busy machine must not fail a property.
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
     st.none()
@@ -54,7 +57,7 @@ def reply(body: bytes, status: int = 200, **headers: str) -> Any:
 # -- Pusher frames and event data --------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(bodies, st.booleans())
 def test_pusher_frames_of_any_shape_raise_only_protocol_errors(body: bytes, as_text: bool) -> None:
     proto = PusherClientProtocol(now=0.0)
@@ -66,7 +69,7 @@ def test_pusher_frames_of_any_shape_raise_only_protocol_errors(body: bytes, as_t
     proto.on_timer(2.0)
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(bodies | bodies.map(lambda b: b.decode("utf-8", "replace")))
 def test_event_data_decodes_or_raises_value_error(raw: bytes | str) -> None:
     try:
@@ -77,6 +80,7 @@ def test_event_data_decodes_or_raises_value_error(raw: bytes | str) -> None:
     assert ev.with_channel_name(data, "xqc")["channel_name"] == "xqc"
 
 
+@RELAXED
 @given(st.integers(1, 5000))
 def test_event_data_nested_past_every_limit_is_refused_cleanly(levels: int) -> None:
     # orjson refuses more than 1024 levels; the stdlib fallback must not escape RecursionError.
@@ -89,7 +93,7 @@ def test_event_data_nested_past_every_limit_is_refused_cleanly(levels: int) -> N
 # -- Kick's REST answers -----------------------------------------------------------------------
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(bodies, st.sampled_from([200, 203]))
 def test_channel_answers_parse_or_raise_bad_response(body: bytes, status: int) -> None:
     try:
@@ -101,7 +105,7 @@ def test_channel_answers_parse_or_raise_bad_response(body: bytes, status: int) -
     assert channel.body == body
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(
     bodies
     | st.lists(
@@ -121,6 +125,7 @@ def test_history_answers_parse_or_raise_bad_response(body: bytes) -> None:
         assert isinstance(item.get("metadata", {}), dict)
 
 
+@RELAXED
 @given(
     st.text(max_size=40)
     | st.floats().map(str)
@@ -148,7 +153,7 @@ payloads = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(payloads)
 def test_subscribe_payloads_parse_or_raise_client_input_errors(args: list[Any]) -> None:
     try:
@@ -164,6 +169,7 @@ def test_subscribe_payloads_parse_or_raise_client_input_errors(args: list[Any]) 
     json.dumps(echoed)
 
 
+@RELAXED
 @given(
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", fullmatch=True),
     st.integers(1, 10**MAX_ID_DIGITS - 1),

@@ -28,6 +28,9 @@ from kichat.sio.errors import ParseError
 from conftest import LOOP, UNIT
 from sio_harness import serve_sio
 
+# No deadline, no speed health check: a busy machine must not fail a property.
+RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
 # -- strategies --------------------------------------------------------------------------------
 
 # Strings as JavaScript has them: lone surrogates included (JSON.stringify escapes them).
@@ -85,7 +88,7 @@ def plain(value: Any) -> Any:
 # -- Socket.IO packets -------------------------------------------------------------------------
 
 
-@settings(max_examples=500)
+@settings(RELAXED, max_examples=500)
 @given(st.text(max_size=200) | packet_texts)
 def test_decode_raises_nothing_but_parse_errors(text: str) -> None:
     try:
@@ -97,6 +100,7 @@ def test_decode_raises_nothing_but_parse_errors(text: str) -> None:
     assert packet.attachments <= parser.MAX_ATTACHMENTS
 
 
+@RELAXED
 @given(st.integers(parser.MAX_DEPTH, 3000), st.sampled_from(["[]", "{}", "1", '"x"']))
 def test_any_nesting_past_the_limit_is_a_parse_error(levels: int, inner: str) -> None:
     text = '2["e",' + "[" * levels + inner + "]" * levels + "]"
@@ -104,6 +108,7 @@ def test_any_nesting_past_the_limit_is_a_parse_error(levels: int, inner: str) ->
         parser.decode(text)
 
 
+@RELAXED
 @given(st.binary(max_size=300) | packet_texts.map(str.encode), st.lists(st.binary(max_size=4)))
 def test_reconstruct_raises_nothing_but_parse_errors(raw: bytes, buffers: list[bytes]) -> None:
     try:
@@ -113,6 +118,7 @@ def test_reconstruct_raises_nothing_but_parse_errors(raw: bytes, buffers: list[b
         pass
 
 
+@RELAXED
 @given(event_names, st.lists(with_binary, max_size=4), namespaces, ack_ids)
 def test_events_round_trip_with_binary_attachments(
     event: str, args: list[Any], nsp: str, ack: int | None
@@ -130,6 +136,7 @@ def test_events_round_trip_with_binary_attachments(
     assert parser.reconstruct(packet.data, buffers) == plain(data)
 
 
+@RELAXED
 @given(st.lists(json_values, max_size=4), namespaces, st.integers(0, 2**53 - 1))
 def test_acks_round_trip(args: list[Any], nsp: str, ack: int) -> None:
     text, buffers = parser.encode(parser.ACK, nsp, args, ack)
@@ -138,11 +145,13 @@ def test_acks_round_trip(args: list[Any], nsp: str, ack: int) -> None:
     assert (packet.type, packet.nsp, packet.id, packet.data) == (parser.ACK, nsp, ack, args)
 
 
+@RELAXED
 @given(json_values)
 def test_json_round_trips_through_dumps_and_loads(value: Any) -> None:
     assert parser.loads(parser.dumps(value)) == value
 
 
+@RELAXED
 @given(json_values, st.integers(0, 40), st.booleans())
 def test_nesting_is_measured_exactly_on_valid_json(value: Any, limit: int, as_bytes: bool) -> None:
     text = parser.dumps(value)
@@ -170,7 +179,7 @@ engineio_texts = st.builds(
 engineio_packets = engineio_texts | st.binary(max_size=30)
 
 
-@settings(max_examples=300)
+@settings(RELAXED, max_examples=300)
 @given(
     st.binary(max_size=200)
     | st.lists(
@@ -188,6 +197,7 @@ def test_polling_payloads_raise_nothing_but_parse_errors(body: bytes) -> None:
             engineio.check_text_packet(packet)
 
 
+@RELAXED
 @given(st.lists(engineio_packets, min_size=1, max_size=6))
 def test_queued_frames_round_trip_through_a_polling_payload(packets: list[str | bytes]) -> None:
     frames = [
@@ -197,6 +207,7 @@ def test_queued_frames_round_trip_through_a_polling_payload(packets: list[str | 
     assert engineio.decode_payload(engineio.frames_to_payload(frames)) == packets
 
 
+@RELAXED
 @given(st.lists(engineio_packets, min_size=1, max_size=6))
 def test_polling_payloads_decode_what_clients_encode(packets: list[str | bytes]) -> None:
     body = "\x1e".join(
@@ -280,7 +291,7 @@ async def websocket_fuzz(packets: list[str | bytes]) -> None:
     assert h.sio.stats.handler_errors == 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(RELAXED, max_examples=40)
 @given(st.lists(wire_packets, min_size=1, max_size=8))
 def test_random_packets_over_websocket_never_break_the_server(packets: list[Any]) -> None:
     with Recorder() as recorder:
@@ -298,7 +309,7 @@ async def polling_fuzz(body: bytes) -> None:
     assert h.sio.stats.handler_errors == 0
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(RELAXED, max_examples=30)
 @given(st.lists(wire_packets, min_size=1, max_size=6))
 def test_random_polling_bodies_get_200_or_400(packets: list[Any]) -> None:
     body = "\x1e".join(
