@@ -78,6 +78,9 @@ class App:
             recovery_buffer_bytes=s.socketio.recovery_buffer_bytes,
             outbound_buffer_limit=s.socketio.outbound_buffer_limit,
             flush_interval=s.socketio.flush_interval,
+            pending_per_client=s.limits.pending_connections_per_ip,
+            max_pending=s.socketio.max_pending_connections,
+            detached_per_client=s.limits.detached_per_ip,
         )
         self.nsp = self.sio.of("/")
         self.registry = Registry()
