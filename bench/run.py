@@ -44,6 +44,7 @@ from harness import (
     free_port,
     install_peer,
     raise_nofile,
+    start_redis,
     system_busy_seconds,
     tree_cpu_seconds,
     tree_rss_kib,
@@ -91,9 +92,10 @@ def sim_command(port: int) -> list[str]:
     return [sys.executable, "-m", "kichat.sim", *flags(port=port)]
 
 
-def project_command(port: int, sim_port: int) -> list[str]:
+def project_command(port: int, sim_port: int, redis_url: str | None = None) -> list[str]:
     """The gateway under test, pointed at the simulator. Adjust here if its CLI changes."""
     query = "protocol=7&client=js&version=8.4.0&flash=false"
+    cluster = flags(redis_url=redis_url, node_id="bench") if redis_url else []
     return [
         *(sys.executable, "-m", "kichat", "serve"),
         *flags(
@@ -101,13 +103,19 @@ def project_command(port: int, sim_port: int) -> list[str]:
             pusher_url=f"ws://127.0.0.1:{sim_port}/app/{PUSHER_KEY}?{query}",
             kick_api_url=f"http://127.0.0.1:{sim_port}",
         ),
+        *cluster,
     ]
 
 
 def project_env() -> dict[str, str]:
     """Settings that differ from the gateway's defaults: every bench client comes from
-    127.0.0.1, so the per-IP connection limit (an abuse guard, 10 by default) must not apply."""
-    return {"KICHAT_LIMITS_CONNECTIONS_PER_IP": "1000000"}
+    127.0.0.1 and thousands connect at once, so the per-IP connection limits (abuse guards, 10
+    by default) and the cap on handshakes in progress must not apply."""
+    return {
+        "KICHAT_LIMITS_CONNECTIONS_PER_IP": "1000000",
+        "KICHAT_LIMITS_PENDING_CONNECTIONS_PER_IP": "1000000",
+        "KICHAT_SOCKETIO_MAX_PENDING_CONNECTIONS": "10000000",
+    }
 
 
 def peer_command(peer_dir: Path, port: int, sim_port: int) -> list[str]:
@@ -138,6 +146,7 @@ class Options:
     drain_limit: float
     log_dir: Path
     loadclient: Path = field(default=Path())
+    redis_url: str | None = None  # --cluster: the project runs in cluster mode on this Redis
 
 
 def server_argv(target: str, opts: Options, port: int, sim_port: int) -> list[str]:
@@ -146,7 +155,7 @@ def server_argv(target: str, opts: Options, port: int, sim_port: int) -> list[st
         return peer_command(opts.peer_dir, port, sim_port)
     if opts.project_cmd:
         return template_command(opts.project_cmd, port=port, sim_port=sim_port)
-    return project_command(port, sim_port)
+    return project_command(port, sim_port, opts.redis_url)
 
 
 @dataclass
@@ -451,6 +460,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="after publishing, stop once nothing arrived and the server idled this long (s)",
     )
     p.add_argument("--drain-limit", type=float, default=60.0, help="longest drain, seconds")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the project in cluster mode, on a private redis-server (measures the added hop)",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument("--out", type=Path, help="logs and results.json here (default bench/out/DATE)")
     p.add_argument("--write-results", action="store_true", help="regenerate bench/RESULTS.md")
@@ -484,7 +498,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"SKIP peer: no node or no peer at {args.peer_dir}; project only", flush=True)
         raise_nofile(max(load.clients for load in loads))
-        return run_loads(loads, args, opts)
+        if not args.cluster:
+            return run_loads(loads, args, opts)
+        redis, opts.redis_url = start_redis(opts.log_dir / "redis")
+        try:
+            return run_loads(loads, args, opts)
+        finally:
+            redis.kill()
+            redis.wait()
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ class App:
         s = settings
         self.settings = s
         self.stopping = False
+        self._bound = False
         self.kick = KickApi(
             s.kick_api.url,
             timeout=s.kick_api.timeout,
@@ -85,6 +86,9 @@ class App:
             recovery_buffer_bytes=s.socketio.recovery_buffer_bytes,
             outbound_buffer_limit=s.socketio.outbound_buffer_limit,
             flush_interval=s.socketio.flush_interval,
+            pending_per_client=s.limits.pending_connections_per_ip,
+            max_pending=s.socketio.max_pending_connections,
+            detached_per_client=s.limits.detached_per_ip,
             sid_prefix=f"{self.node_id}_" if s.cluster.redis_url else "",
         )
         self.nsp = self.sio.of("/")
@@ -170,12 +174,19 @@ class App:
         return self.http.port
 
     async def start(self) -> None:
+        # Bind first: a busy port then fails before anything has started (no upstream
+        # connection to undo, no shutdown lines in front of the one message that matters).
+        # Requests are served only once everything below has started.
+        await self.http.start(
+            self.settings.server.host, self.settings.server.port, start_serving=False
+        )
+        self._bound = True
         await self.broker.start(_BrokerEvents(self))
         await self.pool.start()
         await self.sio.start()
         self.gateway.start()
         self.loop_lag.start()
-        await self.http.start(self.settings.server.host, self.settings.server.port)
+        await self.http.serve()
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
             self.settings.server.host, self.port, self.settings.socketio.path,
@@ -186,6 +197,9 @@ class App:
         if self.stopping:
             return
         self.stopping = True
+        if not self._bound:
+            await self.kick.aclose()  # the only thing running before the port is bound
+            return
         grace = self.settings.server.shutdown_timeout
         log.info("shutting down (grace period %.1f s)", grace)
         # Feeds first, while clients still receive: other nodes take them over make-before-break.
@@ -230,12 +244,12 @@ def _broker(s: Settings, node_id: str) -> Broker:
         lease_ttl=s.cluster.lease_ttl,
         node_timeout=s.cluster.node_timeout,
         history_max=s.cluster.history_size,
-        fingerprint=_fingerprint(s),
+        fingerprint=fingerprint(s),
         command_timeout=s.cluster.command_timeout,
     )
 
 
-def _fingerprint(s: Settings) -> str:
+def fingerprint(s: Settings) -> str:
     """What every node of one cluster must agree on (not secret: a hash)."""
     shared = repr((s.pusher.url.split("?")[0], s.relay.chatroom_channels,
                    s.relay.channel_channels, s.socketio.recovery_window))  # fmt: skip

@@ -21,6 +21,7 @@ from kichat.config.loading import (
     describe_settings,
     load_settings,
     render_settings_markdown,
+    render_settings_text,
     settings_for_display,
     validate_settings,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "describe_settings",
     "load_settings",
     "render_settings_markdown",
+    "render_settings_text",
     "settings_for_display",
     "validate_settings",
 ]

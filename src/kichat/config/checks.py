@@ -46,9 +46,22 @@ def short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def number(value: float) -> str:
+    """A number as one writes it in TOML or an environment variable: ``1000000``, not
+    ``1e+06``; ``0.5``; ``10.0`` for a float setting's whole default."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    text = repr(float(value))
+    if "e" in text and float(value).is_integer():
+        return f"{int(value)}.0"
+    return text
+
+
 def between(lo: float, hi: float) -> Check:
     def check(value: float) -> str | None:
-        return None if lo <= value <= hi else f"must be between {lo:g} and {hi:g}, got {value!r}"
+        if lo <= value <= hi:
+            return None
+        return f"must be between {number(lo)} and {number(hi)}, got {number(value)}"
 
     return check
 

@@ -73,9 +73,10 @@ class ServerSettings:
         10.0, "Grace period for clients and upstream on shutdown.", check=between(0, 3600)
     )
     socket_send_buffer: int = option(
-        0,
-        "SO_SNDBUF of client sockets (0: the kernel's autotuning). A cap bounds the kernel"
-        " memory a client that stops reading can pin.",
+        256 * KIB,
+        "SO_SNDBUF of client sockets: the kernel memory a client that stops reading can pin on"
+        " top of socketio.outbound_buffer_limit (Linux doubles it). 0: the kernel's autotuning,"
+        " up to net.ipv4.tcp_wmem's maximum (4 MiB by default).",
         unit="bytes",
         check=between(0, 64 * MIB),
     )
@@ -98,12 +99,22 @@ class SocketIOSettings:
     )
     max_payload: int = option(
         1_000_000,
-        "Largest packet accepted from a client.",
+        "Largest packet accepted from a client (its binary attachments included); also what"
+        " one client's events may hold while they wait for a busy handler.",
         unit="bytes",
         check=between(1 * KIB, 100 * MIB),
     )
     connect_timeout: float = option(
-        45.0, "Time a client has to join a namespace after the handshake.", check=between(1, 600)
+        10.0,
+        "Time a client has to join a namespace after the handshake; a session that has not"
+        " joined one by then is closed (socket.io-client joins at once).",
+        check=between(1, 600),
+    )
+    max_pending_connections: int = option(
+        10_000,
+        "Sessions that have not joined a namespace yet, all clients together; past it,"
+        " handshakes are refused with HTTP 503 (see limits.pending_connections_per_ip).",
+        check=between(1, 10_000_000),
     )
     recovery: bool = option(True, "Connection state recovery: replay missed events on reconnect.")
     recovery_window: float = option(
@@ -123,7 +134,9 @@ class SocketIOSettings:
     )
     outbound_buffer_limit: int = option(
         4 * MIB,
-        "Unsent bytes per connection before a slow consumer is cut off.",
+        "Unsent bytes the gateway holds for one connection (its queue and its socket's write"
+        " buffer) before a slow consumer is cut off; the kernel's send buffer comes on top"
+        " (server.socket_send_buffer).",
         unit="bytes",
         check=between(64 * KIB, 1024 * MIB),
     )
@@ -248,7 +261,21 @@ class LimitsSettings:
         100, "REST requests per minute per IP.", check=between(1, 1_000_000)
     )
     connections_per_ip: int = option(
-        10, "Concurrent Socket.IO connections per IP.", check=between(1, 1_000_000)
+        10,
+        "Concurrent Socket.IO connections per IP (sessions waiting to be recovered do not count).",
+        check=between(1, 1_000_000),
+    )
+    pending_connections_per_ip: int = option(
+        10,
+        "Socket.IO sessions per IP that have not joined the namespace yet (a handshake whose"
+        " CONNECT has not come, or was refused); past it, handshakes get HTTP 429.",
+        check=between(1, 1_000_000),
+    )
+    detached_per_ip: int = option(
+        10,
+        "Sessions per IP kept for connection state recovery after their transport dropped;"
+        " past it, the oldest ends at once.",
+        check=between(1, 1_000_000),
     )
     subscriptions_per_client: int = option(
         50, "Rooms one Socket.IO client may be subscribed to.", check=between(1, 10_000)

@@ -178,11 +178,20 @@ class HttpServer:
         self._ws_drained = asyncio.Event()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
+    async def start(
+        self, host: str, port: int, *, backlog: int = 2048, start_serving: bool = True
+    ) -> None:
+        """Bind ``host:port`` (raising OSError if it is taken); accept connections now, or
+        from :meth:`serve` on (``start_serving=False``: bind early, serve once ready)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True
-        )
+            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True,
+            start_serving=start_serving,
+        )  # fmt: skip
+
+    async def serve(self) -> None:
+        assert self._server is not None, "server not started"
+        await self._server.start_serving()
 
     @property
     def port(self) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,7 @@ from kichat.errors import BrokerUnavailable, UpstreamError
 from kichat.relay.gateway import Gateway
 from kichat.relay.registry import Registry, RoomKey
 from kichat.relay.render import format_offset, parse_offset
-from kichat.sio import SESSION_MOVED, Connection, Namespace, Socket
+from kichat.sio import SESSION_MOVED, Connection, ConnectRefused, Namespace, Socket
 from kichat.sio.connection import FORCED_CLOSE, SERVER_SHUTDOWN
 
 log = logging.getLogger("kichat.relay")
@@ -50,7 +49,6 @@ class SessionRecord:
     epoch: str
     keys: tuple[RoomKey, ...]
     positions: dict[str, int]
-    ip: str
 
     def dumps(self) -> bytes:
         return orjson.dumps(
@@ -60,7 +58,6 @@ class SessionRecord:
                 "epoch": self.epoch,
                 "keys": [[k.chatroom_id, k.slug] for k in self.keys],
                 "pos": self.positions,
-                "ip": self.ip,
             }
         )
 
@@ -73,7 +70,7 @@ class SessionRecord:
             doc = orjson.loads(raw)
             keys = tuple(RoomKey(int(c), str(s)) for c, s in doc["keys"])
             positions = {str(t): int(p) for t, p in doc["pos"].items()}
-            return cls(str(doc["sid"]), str(doc["epoch"]), keys, positions, str(doc["ip"]))
+            return cls(str(doc["sid"]), str(doc["epoch"]), keys, positions)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -86,13 +83,11 @@ class RelaySessions:
         registry: Registry,
         *,
         stream_wait: float = 2.0,
-        on_restored: Callable[[Socket], None] = lambda sock: None,
     ) -> None:
         self.broker = broker
         self.gateway = gateway
         self.registry = registry
         self.stream_wait = stream_wait
-        self.on_restored = on_restored  # accounting for a socket restored from another node
         self.nsp: Namespace | None = None
         self._dirty: dict[str, tuple[Socket, bool]] = {}  # pid -> (socket, live)
         self._writer: asyncio.Task[None] | None = None
@@ -153,13 +148,11 @@ class RelaySessions:
                 self._mark(sock, live=sock.conn is not None)
 
     def record_of(self, sock: Socket) -> SessionRecord:
-        ip = sock.data.get("ip")
         return SessionRecord(
             sock.sid,
             self.broker.epoch,
             tuple(sorted(self.registry.keys_of(sock.sid), key=lambda k: k.room)),
             dict(sock.data.get(POSITIONS, {})),
-            ip if isinstance(ip, str) else "",
         )
 
     def _mark(self, sock: Socket, *, live: bool) -> None:
@@ -232,18 +225,21 @@ class RelaySessions:
             for key, renderer in self.gateway.rooms_fed_by(pub.topic).items():
                 if key.room in sock.rooms:
                     frames.append(renderer.frame(pub.payload, format_offset(epoch, pub.position)))
-        if not nsp.attach(sock, conn, frames, history.upto):
+        try:
+            attached = nsp.attach(sock, conn, frames, history.upto)
+        except ConnectRefused:  # the socket was ended; the client hears why
+            if fresh:
+                self._forget_rooms(sock)
+            raise
+        if not attached:
             self._abandon(nsp, sock, fresh)
             return None
-        if fresh:
-            self.on_restored(sock)
         self._mark(sock, live=True)
         log.debug("restored session %s with %d missed packets", sock.sid, len(frames))
         return sock
 
     async def _rejoin(self, sock: Socket, record: SessionRecord) -> bool:
         """Put a socket restored from another node's record back into its rooms here."""
-        sock.data["ip"] = record.ip
         sock.data[POSITIONS] = dict(record.positions)
         for key in record.keys:
             self.registry.add(key, sock.sid)
@@ -259,9 +255,13 @@ class RelaySessions:
 
     def _abandon(self, nsp: Namespace, sock: Socket, fresh: bool) -> None:
         nsp.abandon(sock, RESTORE_FAILED)
-        if fresh:  # never connected here, so no disconnect handler cleans up after it
-            for key in self.registry.remove_all(sock.sid):
-                self.gateway.release(key)
+        if fresh:
+            self._forget_rooms(sock)
+
+    def _forget_rooms(self, sock: Socket) -> None:
+        """A socket that never connected here has no disconnect handler to clean up after it."""
+        for key in self.registry.remove_all(sock.sid):
+            self.gateway.release(key)
 
     def _forget_local(self, nsp: Namespace, pid: str) -> None:
         """A session that cannot be restored is over, here too."""

@@ -154,18 +154,19 @@ class RedisBroker(Broker):
         return self._position
 
     async def start(self, handler: Handler) -> None:
-        """Connect (raising :class:`BrokerUnavailable` if Redis cannot be reached now), then keep
-        the connection up in the background."""
+        """Connect in the background, keep the connection up, and wait a moment for the first
+        connection so that a healthy start is ready at once. Redis being unreachable does not
+        stop the node: it is not ready (``status().problem``) and keeps trying."""
         self._handler = handler
-        await self._hello()
-        proto = await self._connect_subscriber()
-        await self._beat_once()
         self._tasks = [
-            asyncio.create_task(self._supervise(proto), name="kichat-broker-subscriber"),
+            asyncio.create_task(self._supervise(), name="kichat-broker-subscriber"),
             asyncio.create_task(self._maintain(), name="kichat-broker-leases"),
             asyncio.create_task(self._beat(), name="kichat-broker-heartbeat"),
         ]
-        await self._ready.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), self.command_timeout * 2)
+        if not self._ready.is_set():
+            self._warn(f"Redis is not reachable yet ({self._unreachable}); retrying")
 
     async def close(self) -> None:
         self._closing = True
@@ -283,24 +284,25 @@ class RedisBroker(Broker):
             if self._handler is not None:
                 self._handler.on_gap(frozenset(gaps))
 
-    async def _supervise(self, proto: SubscriberProtocol) -> None:
+    async def _supervise(self) -> None:
+        """Connect the subscriber (and say hello) until it works; when it is lost, again."""
+        attempt = 0
         while not self._closing:
+            try:
+                await self._hello()
+                proto = await self._connect_subscriber()
+            except (BrokerUnavailable, TimeoutError) as exc:
+                self._warn(f"cannot reach Redis: {exc}")
+                await asyncio.sleep(self._delay(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._recovered()
             await asyncio.shield(proto.lost)
             self._ready.clear()
             self._status.connected = False
-            if self._closing:
-                return
-            self._warn("the Redis subscriber connection was lost; reconnecting")
-            for attempt in itertools.count():
-                await asyncio.sleep(self._delay(attempt))
-                try:
-                    await self._hello()
-                    proto = await self._connect_subscriber()
-                except (BrokerUnavailable, TimeoutError) as exc:
-                    self._warn(f"cannot reach Redis: {exc}")
-                    continue
-                self._recovered()
-                break
+            if not self._closing:
+                self._warn("the Redis subscriber connection was lost; reconnecting")
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         if self._resyncing:
@@ -592,9 +594,9 @@ class RedisBroker(Broker):
     async def _beat(self) -> None:
         """The heartbeat other nodes read to tell that this one is alive."""
         while True:
-            await asyncio.sleep(self.node_timeout / 3)
             with contextlib.suppress(BrokerUnavailable, TimeoutError):
                 await self._beat_once()
+            await asyncio.sleep(self.node_timeout / 3)
 
     async def known(self, topic: str, keys: Iterable[str]) -> set[str]:
         reply = await self._call("KNOWN", self._epoch, topic, *keys)
