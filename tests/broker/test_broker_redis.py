@@ -263,3 +263,17 @@ async def test_a_leaving_owner_hands_over_make_before_break(
     await eventually(lambda: len(rec_b.publications) == 3, what="b's publication")
     assert [p for _, _, p in rec_b.publications] == [b"1", b"2", b"3"]
     assert await b.take_over("t") is None, "no longer offered"
+
+
+async def test_a_second_cluster_with_the_same_settings_is_noticed(
+    cluster: tuple[RedisServer, Start],
+) -> None:
+    server, start = cluster
+    a, _ = await start(fingerprint="same")
+    b = RedisBroker(server.url, node_id="x", prefix="mistyped:", fingerprint="same", **FAST)  # type: ignore[arg-type]
+    await b.start(Recorder())
+    try:
+        assert b.status().details["other_prefixes"] == [a.prefix]
+        assert b.status().problem is None, "a warning, not a failure: it may be deliberate"
+    finally:
+        await b.close()

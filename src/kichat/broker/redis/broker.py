@@ -141,6 +141,7 @@ class RedisBroker(Broker):
         self._closing = False
         self._status = BrokerStatus(backend="redis", node_id=node_id, epoch="", connected=False)
         self._misconfigured: str | None = None
+        self._other_prefixes: list[str] = []
         self._unreachable: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -195,8 +196,17 @@ class RedisBroker(Broker):
 
     async def _hello(self) -> None:
         proposal = secrets.token_hex(4)
-        epoch, fingerprint, _ = await self._call("HELLO", proposal, self.fingerprint)
-        epoch = epoch.decode()
+        reply = await self._call("HELLO", proposal, self.fingerprint)
+        epoch, fingerprint = reply[0].decode(), reply[1]
+        others = sorted(raw.decode() for raw in reply[3:])
+        if others != self._other_prefixes:
+            self._other_prefixes = others
+            if others:
+                log.warning(
+                    "other kichat clusters with this cluster's settings use key prefixes %s on "
+                    "this Redis: clusters do not share feeds, so each subscribes to Kick (set the "
+                    "same cluster.key_prefix on every node of one cluster)", ", ".join(others),
+                )  # fmt: skip
         if fingerprint.decode() != self.fingerprint:
             if self._misconfigured is None:
                 self._misconfigured = (
@@ -615,6 +625,7 @@ class RedisBroker(Broker):
                 self._status.rtt_ms = round((time.perf_counter() - started) * 1000, 3)
                 await self._renew()
                 if now - last_probe >= self.probe_interval and self._ready.is_set():
+                    await self._hello()  # notices state lost under live connections too
                     await self._probe(next(probe))
                     last_probe = now
                 self._recovered()
@@ -746,6 +757,7 @@ class RedisBroker(Broker):
         status.owned_topics = len(self._leases)
         status.subscribed_topics = len(self._topics)
         status.details = {
+            "other_prefixes": self._other_prefixes,
             "outbox": len(self._outbox),
             "live_sessions": len(self._live_sessions),
             "prefix": self.prefix,

@@ -28,18 +28,37 @@ from __future__ import annotations
 
 from typing import Final
 
-# ARGV: prefix, epoch, fingerprint.  Returns {epoch, stored fingerprint, created (0/1)}.
-# A missing meta hash means the shared state is new or was lost: start a new epoch (the
-# caller's proposal) with a fresh position counter.
+# ARGV: prefix, epoch, fingerprint.  Returns {epoch, stored fingerprint, created (0/1),
+# other prefixes...}. A missing meta hash means the shared state is new or was lost: start a
+# new epoch (the caller's proposal) with a fresh position counter. Every cluster also notes its
+# prefix in one hash outside any prefix, so that two clusters with the same settings on one
+# Redis (most likely one cluster split by a mistyped prefix, each subscribing Kick) are seen.
 HELLO: Final = """
 local meta = ARGV[1] .. 'meta'
+local now = tonumber(redis.call('TIME')[1])
+local registry = 'kichat-cluster:prefixes'
+redis.call('HSET', registry, ARGV[1], ARGV[3] .. '|' .. now)
+local others = {}
+local all = redis.call('HGETALL', registry)
+for i = 1, #all, 2 do
+  local fp, seen = string.match(all[i + 1], '^(.*)|(%d+)$')
+  if all[i] ~= ARGV[1] and fp == ARGV[3] and tonumber(seen) > now - 120 then
+    others[#others + 1] = all[i]
+  elseif tonumber(seen or 0) < now - 86400 then
+    redis.call('HDEL', registry, all[i])
+  end
+end
 local epoch = redis.call('HGET', meta, 'epoch')
+local out
 if not epoch then
   redis.call('HSET', meta, 'epoch', ARGV[2], 'fingerprint', ARGV[3])
   redis.call('DEL', ARGV[1] .. 'g', ARGV[1] .. 'clock', ARGV[1] .. 'gmin')
-  return {ARGV[2], ARGV[3], 1}
+  out = {ARGV[2], ARGV[3], 1}
+else
+  out = {epoch, redis.call('HGET', meta, 'fingerprint') or '', 0}
 end
-return {epoch, redis.call('HGET', meta, 'fingerprint') or '', 0}
+for _, other in ipairs(others) do out[#out + 1] = other end
+return out
 """
 
 # ARGV: prefix, epoch, batch id, node, window (s), max entries per log,
