@@ -15,8 +15,10 @@ the Kick client; let in-flight HTTP requests finish within ``server.shutdown_tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import os
 import secrets
 from typing import Final
 
@@ -40,6 +42,7 @@ from kichat.web.ops import Ops
 from kichat.web.pages import Pages
 from kichat.web.rest import RestApi
 from kichat.web.router import Router
+from kichat.workers import WorkerLink, WorkerSpec
 
 log = logging.getLogger("kichat.app")
 
@@ -61,7 +64,14 @@ class App:
             cache_ttl=s.kick_api.channel_cache_ttl,
             not_found_ttl=s.kick_api.not_found_ttl,
         )
-        self.node_id = s.cluster.node_id or secrets.token_hex(3)
+        # One of the worker processes of ``kichat serve --workers N``, or None.
+        self.worker = WorkerSpec.from_env()
+        self.link: WorkerLink | None = None
+        self._internal: asyncio.Server | None = None
+        if self.worker is not None:
+            self.node_id = self.worker.node_id
+        else:
+            self.node_id = s.cluster.node_id or secrets.token_hex(3)
         self.broker = _broker(s, self.node_id)
         self.pool = PusherPool(
             s.pusher.url,
@@ -178,7 +188,10 @@ class App:
         # connection to undo, no shutdown lines in front of the one message that matters).
         # Requests are served only once everything below has started.
         await self.http.start(
-            self.settings.server.host, self.settings.server.port, start_serving=False
+            self.settings.server.host,
+            self.settings.server.port,
+            start_serving=False,
+            reuse_port=self.worker is not None,
         )
         self._bound = True
         await self.broker.start(_BrokerEvents(self))
@@ -186,6 +199,13 @@ class App:
         await self.sio.start()
         self.gateway.start()
         self.loop_lag.start()
+        if self.worker is not None:
+            self.link = WorkerLink(self.worker, self.http)
+            await self.link.start()
+            path = self.worker.http_path(self.worker.index)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's previous life
+            self._internal = await self.http.start_unix(path)
         await self.http.serve()
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
@@ -210,6 +230,10 @@ class App:
         await self.feeds.close()
         await self.broker.close()
         await self.pool.close()
+        if self.link is not None:
+            self.link.close()
+        if self._internal is not None:
+            self._internal.close()
         await self.http.close(grace_period=grace)
         await self.kick.aclose()
         self.loop_lag.stop()

@@ -73,13 +73,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Called once, by the CLI; library code never configures handlers."""
+def configure_logging(level: str = "info", fmt: str = "text", process: str = "") -> None:
+    """Called once, by the CLI; library code never configures handlers. ``process`` names the
+    worker process each line comes from (``kichat serve --workers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        if process:
+            handler.addFilter(_Tag(process))
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = f"[{process}] " if process else ""
+        handler.setFormatter(
+            TextFormatter(f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -89,6 +95,18 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+class _Tag(logging.Filter):
+    """Adds a ``worker`` field to JSON log lines."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.process
+        return True
 
 
 # -- event loop lag ----------------------------------------------------------------------------

@@ -150,6 +150,12 @@ def check_redis_url(value: str) -> str | None:
     return None
 
 
+def check_workers(value: str) -> str | None:
+    if value == "auto" or (value.isdigit() and 1 <= int(value) <= 64):
+        return None
+    return f"must be a number of worker processes (1-64) or auto, got {short(value)}"
+
+
 _NODE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
 
 

@@ -24,6 +24,7 @@ from kichat.config.checks import (
     check_pusher_url,
     check_redis_url,
     check_sio_path,
+    check_workers,
     choice,
     option,
     templates,
@@ -81,6 +82,12 @@ class ServerSettings:
         check=between(0, 64 * MIB),
     )
     use_uvloop: bool = option(True, "Use uvloop's event loop when it is installed.")
+    workers: str = option(
+        "1",
+        "Worker processes serving this address (auto: one per CPU); more than 1 needs"
+        " cluster.redis_url, the workers being nodes of one cluster.",
+        check=check_workers,
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -128,6 +128,10 @@ class WebSocketUpgrade:
 
 
 Handler = Callable[[Request], Awaitable[Response | WebSocketUpgrade]]
+# Another process may serve a connection: called with the start of a request on an idle
+# connection (at least its request line) and the transport; True if it took the connection.
+Redirect = Callable[[bytes, asyncio.Transport], bool]
+_REQUEST_LINE_LIMIT: Final = 8 * 1024  # what a redirect may look at before the request is ours
 
 
 def _status_line(status: int) -> bytes:
@@ -172,6 +176,8 @@ class HttpServer:
         # kernel memory a client that stops reading can pin, and makes the slow-client cut-off
         # (the outbound buffer limit) take effect after a predictable amount of data.
         self.send_buffer_size = send_buffer_size
+        # Set by ``kichat serve --workers``: hand connections to the worker owning their session.
+        self.redirect: Redirect | None = None
         self.http_connections: set[HttpProtocol] = set()
         self.websockets: set[WebSocket] = set()
         self._http_drained = asyncio.Event()
@@ -179,15 +185,35 @@ class HttpServer:
         self._server: asyncio.Server | None = None
 
     async def start(
-        self, host: str, port: int, *, backlog: int = 2048, start_serving: bool = True
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 2048,
+        start_serving: bool = True,
+        reuse_port: bool = False,
     ) -> None:
         """Bind ``host:port`` (raising OSError if it is taken); accept connections now, or
-        from :meth:`serve` on (``start_serving=False``: bind early, serve once ready)."""
+        from :meth:`serve` on (``start_serving=False``: bind early, serve once ready).
+        ``reuse_port``: several processes listen on the port, the kernel spreads connections."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True,
-            start_serving=start_serving,
+            reuse_port=reuse_port or None, start_serving=start_serving,
         )  # fmt: skip
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        """Also serve on a Unix socket (the workers of one server ask each other there)."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_unix_server(lambda: HttpProtocol(self), path)
+
+    async def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serve a connection another process accepted, ``data`` being what it read of it."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        _, protocol = await loop.connect_accepted_socket(lambda: HttpProtocol(self), sock=sock)
+        if data:
+            protocol.data_received(data, redirectable=False)
 
     async def serve(self) -> None:
         assert self._server is not None, "server not started"
@@ -254,6 +280,8 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.reading_paused = False
         self.upgrade_tail: bytes | None = None
+        self.mid_request = False  # between the first byte of a request and its last
+        self.head: bytes = b""  # the start of a request a redirect has not decided on yet
         # Per-request parse state.
         self._url: list[bytes] = []
         self._headers: dict[str, str] = {}
@@ -276,13 +304,17 @@ class HttpProtocol(asyncio.Protocol):
         self.server.http_connections.add(self)
         self._arm(self.server.request_timeout)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, *, redirectable: bool = True) -> None:
         if self.closing:
             return
         if self.upgrade_tail is not None:
             # Bytes after an upgrade request belong to the next protocol; keep them for it.
             self.upgrade_tail += data
             return
+        if self._redirectable(redirectable):
+            data = self._redirect(data)
+            if not data:
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -303,6 +335,33 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()  # type: ignore[union-attr]
         self._next()
 
+    def _redirectable(self, allowed: bool) -> bool:
+        """At the start of a request on an idle connection, with a redirect configured."""
+        return (
+            allowed
+            and self.server.redirect is not None
+            and not self.mid_request
+            and self.task is None
+            and not self.queue
+        )
+
+    def _redirect(self, data: bytes) -> bytes:
+        """A new request on an idle connection: let the redirect look at its request line
+        first. Returns the bytes to parse here (empty: wait for more, or taken elsewhere)."""
+        head = self.head + data
+        if b"\n" not in head and len(head) < _REQUEST_LINE_LIMIT:
+            self.head = head
+            return b""
+        self.head = b""
+        assert self.server.redirect is not None and self.transport is not None
+        if self.server.redirect(head, self.transport):
+            self.closing = True
+            self._disarm()
+            self.server.forget_http(self)
+            self.transport.close()  # our descriptor only: the connection lives on elsewhere
+            return b""
+        return head
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._disarm()
@@ -315,6 +374,7 @@ class HttpProtocol(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.mid_request = True
         self._url = []
         self._headers = {}
         self._header_bytes = 0
@@ -355,6 +415,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self.mid_request = False
         if self._too_large:
             return
         method = self.parser.get_method().decode("ascii", "replace")

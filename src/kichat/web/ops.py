@@ -8,6 +8,7 @@ event loop is lagging, or the gateway is shutting down.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from kichat import __version__
+from kichat import __version__, workers
 from kichat.http import Request, Response
 from kichat.web import openapi
 from kichat.web.router import Route, Router
@@ -70,9 +71,16 @@ class Ops:
         return reasons
 
     async def metrics_text(self, request: Request, params: dict[str, str]) -> Response:
-        return Response(200, generate_latest(self.metrics), [("Content-Type", CONTENT_TYPE_LATEST)])
+        text = generate_latest(self.metrics).decode()
+        worker = self.app.worker
+        if worker is not None and "worker" not in request.query:
+            text = await workers.all_metrics(worker, text)  # the whole server, per worker
+        return Response(200, text.encode(), [("Content-Type", CONTENT_TYPE_LATEST)])
 
     async def stats(self, request: Request, params: dict[str, str]) -> Response:
+        worker = self.app.worker
+        if worker is not None and "worker" not in request.query:
+            return Response.json(await workers.all_stats(worker, self.snapshot()))
         return Response.json(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
@@ -128,6 +136,12 @@ class Ops:
         cluster = self._cluster_figures()
         if cluster is not None:
             snapshot["cluster"] = cluster
+        if app.link is not None:
+            snapshot["worker"] = {
+                "pid": os.getpid(),
+                "handed_over": app.link.handed,  # connections passed to the worker owning them
+                "adopted": app.link.adopted,
+            }
         return snapshot
 
     def _cluster_figures(self) -> dict[str, Any] | None:
