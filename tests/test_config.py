@@ -401,6 +401,8 @@ BAD_VALUES = [
     ("limits.subscribe_rate", 0, "between 1 and"),
     ("limits.api_keys", ("has space",), "printable ASCII"),
     ("limits.api_keys", [1, 2], "list of strings"),
+    ("server.workers", "0", "number of worker processes (1-64) or auto"),
+    ("server.workers", "many", "number of worker processes (1-64) or auto"),
     ("cluster.redis_url", "http://localhost:6379", "redis:// or rediss://"),
     ("cluster.redis_url", "redis://:hunter2@h:6379/db", "database number"),
     ("cluster.node_id", "Node-1", "1-16 of a-z 0-9"),
@@ -605,3 +607,13 @@ def test_display_redacts_secrets() -> None:
     assert set(shown) == {
         "server", "socketio", "pusher", "kick_api", "relay", "limits", "cluster", "log", "pages",
     }  # fmt: skip
+
+
+def test_several_workers_need_redis_and_a_short_node_id() -> None:
+    assert any("need cluster.redis_url" in p for p in problems_of({"server.workers": "2"}))
+    assert problems_of({"server.workers": "auto", "cluster.redis_url": "redis://h:6379/0"}) == []
+    [problem] = problems_of(
+        {"server.workers": "2", "cluster.redis_url": "redis://h:6379/0",
+         "cluster.node_id": "abcdefghijklmn"}
+    )  # fmt: skip
+    assert "at most 13 characters" in problem

@@ -29,7 +29,7 @@ def cluster_site(port: int, nodes: dict[str, int]) -> str:
             site = site.replace(
                 f"upstream kichat_{name} {{ server 127.0.0.1:{default}; keepalive 8; }}\n", ""
             )
-            site = site.replace(f'    "~^{name}_"  kichat_{name};\n', "")
+            site = site.replace(f'    "~^{name}(w[0-9]+)?_"  kichat_{name};\n', "")
     return site
 
 
