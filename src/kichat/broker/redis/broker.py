@@ -56,6 +56,7 @@ from kichat.broker.base import (
     TopicState,
 )
 from kichat.broker.redis import scripts
+from kichat.broker.redis.sessions import SessionKeys
 from kichat.broker.redis.subscriber import SubscriberProtocol, open_subscriber
 from kichat.errors import BrokerUnavailable
 
@@ -126,7 +127,6 @@ class RedisBroker(Broker):
         self._topics: dict[str, _Topic] = {}
         self._leases: dict[str, Lease] = {}
         self._state_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._live_sessions: dict[str, bytes] = {}
         self._outbox: deque[tuple[str, bytes, str, bytes]] = deque()
         self._flushing = False
         self._batch_ids = itertools.count(1)
@@ -140,6 +140,9 @@ class RedisBroker(Broker):
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._status = BrokerStatus(backend="redis", node_id=node_id, epoch="", connected=False)
+        self._sessions = SessionKeys(self._redis, self._scripts["TAKE_SESSION"], self._status,
+                                     prefix=prefix, node_id=node_id, window=window,
+                                     live_slack=self.renew_interval * 2)  # fmt: skip
         self._misconfigured: str | None = None
         self._other_prefixes: list[str] = []
         self._unreachable: str | None = None
@@ -335,7 +338,7 @@ class RedisBroker(Broker):
             kind, _, arg = data.partition(b"|")
             if kind == b"taken" and self._handler is not None:
                 pid = arg.decode()
-                self._live_sessions.pop(pid, None)
+                self._sessions.forget(pid)
                 self._handler.on_session_taken(pid)
             elif kind == b"probe":
                 self._probe_seen = int(arg)
@@ -655,7 +658,7 @@ class RedisBroker(Broker):
                     if self._handler is not None:
                         self._handler.on_lease_lost(lease.topic)
         self._last_renewed = time.monotonic()
-        await self._refresh_sessions()
+        await self._sessions.refresh()
 
     def _fence_self(self) -> None:
         log.warning(
@@ -683,56 +686,16 @@ class RedisBroker(Broker):
                 return
             await asyncio.sleep(0.01)
 
-    # -- sessions --------------------------------------------------------------------------------
+    # -- sessions (see .sessions) -----------------------------------------------------------------
 
     async def save_session(self, pid: str, record: bytes, *, live: bool) -> None:
-        ttl = self.window + (self.renew_interval * 2 if live else 0)
-        if live:
-            self._live_sessions[pid] = record
-        else:
-            self._live_sessions.pop(pid, None)
-        try:
-            await self._redis.set(
-                f"{self.prefix}s:{pid}", self.node_id.encode() + b"|" + record,
-                px=round(ttl * 1000),
-            )  # fmt: skip
-        except RedisError as exc:
-            raise BrokerUnavailable(f"Redis: {exc}") from exc
-        self._status.sessions_saved += 1
-
-    async def _refresh_sessions(self) -> None:
-        if not self._live_sessions:
-            return
-        ttl = round((self.window + self.renew_interval * 2) * 1000)
-        pids = list(self._live_sessions)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for pid in pids:
-                pipe.pexpire(f"{self.prefix}s:{pid}", ttl)
-            kept = await pipe.execute()
-        missing = [pid for pid, ok in zip(pids, kept, strict=True) if not ok]
-        if missing:  # lost with a Redis reset: write them again
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for pid in missing:
-                    record = self._live_sessions.get(pid)
-                    if record is not None:
-                        pipe.set(f"{self.prefix}s:{pid}", self.node_id.encode() + b"|" + record,
-                                 px=ttl)  # fmt: skip
-                await pipe.execute()
+        await self._sessions.save(pid, record, live=live)
 
     async def take_session(self, pid: str) -> bytes | None:
-        record = await self._call("TAKE_SESSION", self.node_id, pid)
-        self._live_sessions.pop(pid, None)
-        if record is None:
-            return None
-        self._status.sessions_taken += 1
-        return bytes(record)
+        return await self._sessions.take(pid)
 
     async def drop_session(self, pid: str) -> None:
-        self._live_sessions.pop(pid, None)
-        try:
-            await self._redis.delete(f"{self.prefix}s:{pid}")
-        except RedisError as exc:
-            raise BrokerUnavailable(f"Redis: {exc}") from exc
+        await self._sessions.drop(pid)
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -759,7 +722,7 @@ class RedisBroker(Broker):
         status.details = {
             "other_prefixes": self._other_prefixes,
             "outbox": len(self._outbox),
-            "live_sessions": len(self._live_sessions),
+            "live_sessions": len(self._sessions.live),
             "prefix": self.prefix,
         }
         return status
