@@ -126,7 +126,8 @@ class MemoryBroker(Broker):
     ) -> None:
         topic = lease.topic
         status = self._status
-        if self._leases.get(topic) != lease:
+        current = self._leases.get(topic)
+        if current is None or current.token != lease.token:  # the fence
             status.publish_rejected += 1
             if self._handler is not None:
                 self._handler.on_lease_lost(topic)
@@ -212,7 +213,8 @@ class MemoryBroker(Broker):
         return taken
 
     async def release(self, lease: Lease) -> None:
-        if self._leases.get(lease.topic) == lease:
+        current = self._leases.get(lease.topic)
+        if current is not None and current.token == lease.token:
             del self._leases[lease.topic]
             state = self._states.get(lease.topic)
             if state is not None and state.live:  # a failure stays readable for late waiters
@@ -241,7 +243,8 @@ class MemoryBroker(Broker):
         return None
 
     async def announce(self, lease: Lease, state: TopicState) -> None:
-        if self._leases.get(lease.topic) != lease:
+        current = self._leases.get(lease.topic)
+        if current is None or current.token != lease.token:
             return
         self._states[lease.topic] = state
         for waiter in self._state_waiters.pop(lease.topic, []):
