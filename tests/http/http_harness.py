@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import struct
 from collections.abc import AsyncIterator
@@ -115,3 +116,12 @@ async def next_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     elif n == 127:
         n = struct.unpack(">Q", await reader.readexactly(8))[0]
     return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def read_until_closed(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sent until it closed or reset the connection."""
+    data = b""
+    with contextlib.suppress(ConnectionError):
+        while chunk := await reader.read(65536):
+            data += chunk
+    return data

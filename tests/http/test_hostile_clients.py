@@ -18,7 +18,7 @@ from kichat.http import HttpServer
 from kichat.http import websocket as ws
 
 from conftest import UNIT, eventually
-from http_harness import BIG_BODY, next_frame, serve, ws_open
+from http_harness import BIG_BODY, next_frame, read_until_closed, serve, ws_open
 from wsframes import client_frame, close_payload
 
 # What one read from a socket can bring (asyncio and uvloop read at most 256 KiB at a time).
@@ -67,7 +67,7 @@ async def flood(server: HttpServer, first: bytes, more: bytes, limit: int) -> tu
     """Send ``first`` then ``more`` over and over (``limit`` bytes at most) while reading;
     stop when the server answers and hangs up. Returns (its answer, bytes sent)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    reply = asyncio.ensure_future(reader.read())
+    reply = asyncio.ensure_future(read_until_closed(reader))
     sent = 0
     with contextlib.suppress(ConnectionError):
         writer.write(first)
@@ -76,6 +76,7 @@ async def flood(server: HttpServer, first: bytes, more: bytes, limit: int) -> tu
             writer.write(more)
             sent += len(more)
             await writer.drain()
+            await asyncio.sleep(0)  # let the reading side see the answer as it comes
     answer = await asyncio.wait_for(reply, 10 * UNIT)
     writer.close()
     return answer, sent
@@ -132,7 +133,7 @@ async def test_head_trickled_slowly_gets_408_at_its_deadline() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         start = time.monotonic()
         writer.write(b"GET / HTTP/1.1\r\n")
-        answer = asyncio.ensure_future(reader.read())
+        answer = asyncio.ensure_future(read_until_closed(reader))
         while not answer.done():  # slowloris: a valid header line now and then
             writer.write(b"X-a: b\r\n")
             await asyncio.wait([answer], timeout=0.05 * UNIT)
@@ -300,6 +301,7 @@ async def test_fragment_flood_is_closed_with_1009() -> None:
                 writer.write(empty * 10_000)  # Before: 20 M of these added 153 MiB
                 sent += 10_000
                 await writer.drain()
+                await asyncio.sleep(0)
         _, code = await asyncio.wait_for(closing, 5 * UNIT)
         writer.close()
         await eventually(lambda: ("close", 1009) in events)

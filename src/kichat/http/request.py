@@ -139,10 +139,7 @@ class RequestReader:
     def take_tail(self) -> bytes:
         """Everything received after an upgrade request; the reader is finished afterwards."""
         tail = b"".join(self._chunks)[self._offset :]
-        self._chunks.clear()
-        self._offset = 0
-        self.buffered = 0
-        self._state = _DEAD
+        self._finish()
         return tail
 
     def next_request(self) -> Request | None:
@@ -254,11 +251,21 @@ class RequestReader:
         if self._error is not None:
             raise self._error
 
+    def close(self) -> None:
+        """Parse nothing more and let go of everything held (the connection is gone)."""
+        self._finish()
+        self._url = []
+        self._headers = {}
+        self._body = b""
+        self._body_size = 0
+
     def _finish(self) -> None:
         self._state = _DEAD
         self._chunks.clear()
         self._offset = 0
         self.buffered = 0
+        # The parser holds our bound methods: dropping it breaks the cycle, so a half-received
+        # body goes back at once instead of waiting for a full garbage collection.
         self._parser = None
 
     # -- llhttp callbacks ----------------------------------------------------------------------

@@ -267,7 +267,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             # The client went away: whatever the handler waits for (a long-poll) is moot.
             self.task.cancel()
-        self.reader = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
         self.queue.clear()
 
     # -- requests in, handlers out -----------------------------------------------------------

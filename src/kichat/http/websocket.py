@@ -373,6 +373,11 @@ class FrameParser:
             raise WebSocketProtocolError(CLOSE_INVALID_PAYLOAD, "invalid UTF-8") from None
         return Message(message.decode("utf-8"))
 
+    def close(self) -> None:
+        """Parse nothing more and drop any unfinished message (the connection is gone: a
+        session kept for recovery must not keep its half-received message alive)."""
+        self._finish()
+
     def _finish(self) -> None:
         self._done = True
         self._partial = b""

@@ -184,6 +184,7 @@ class WebSocket(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        self.parser.close()
         self.server.forget_websocket(self)
         self._notify_closed(1006, "connection lost")
 
