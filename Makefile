@@ -6,6 +6,7 @@
 #   make serve    the gateway against real Kick (ARGS="--port 3000 ...")
 #   make bench    the fan-out benchmark, project and Node.js peer side by side (see bench/)
 #   make conformance SUITE=<dir>   the official Socket.IO protocol suite against our fixture
+#   make autobahn  Autobahn|Testsuite (WebSocket conformance) against kichat.http (needs Python 2.7)
 #
 # Everything installs into .venv (Python) and tests/js/node_modules (the JS test clients).
 
@@ -15,7 +16,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kichat-installed
 JS_STAMP := tests/js/node_modules/.kichat-installed
 
-.PHONY: demo serve test lint typecheck pytest bench bench-results conformance clean
+.PHONY: demo serve test lint typecheck pytest bench bench-results conformance autobahn clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +61,12 @@ conformance: $(STAMP)
 	$(PY) -m kichat.sio.conformance --port 3000 $(FIXTURE_ARGS) & pid=$$!; \
 	  sleep 1; (cd "$(SUITE)" && npx mocha test-suite.js); status=$$?; kill $$pid; exit $$status
 
+# Not part of `make test`: the suite needs Python 2.7 (tests/autobahn/run.py says how it finds
+# one and installs the suite into tests/autobahn/.venv27). ARGS=--write-results updates
+# tests/autobahn/RESULTS.md.
+autobahn: $(STAMP)
+	$(PY) tests/autobahn/run.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) tests/js/node_modules bench/build bench/out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tests/js/node_modules bench/build bench/out .mypy_cache .ruff_cache .pytest_cache \
+	  tests/autobahn/.venv27 tests/autobahn/reports
