@@ -130,9 +130,16 @@ def _connect(port: int) -> socket.socket:
 
 def _reader(sock: socket.socket, into: list[bytes]) -> threading.Thread:
     def run() -> None:
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                into.append(chunk)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue  # the socket's timeout is for sending; keep listening
+            except OSError:
+                break
+            if not chunk:
+                break
+            into.append(chunk)
         into.append(b"")  # end of stream
 
     thread = threading.Thread(target=run, daemon=True)

@@ -170,11 +170,11 @@ class RequestReader:
             used = self._feed_head(chunk, offset, available)
         elif state == _BODY:
             used = min(self._remaining, available)
-            self._feed(memoryview(chunk)[offset : offset + used])
+            self._feed(_piece(chunk, offset, used))
             self._remaining -= used
         else:
             used = min(available, self.max_header_size)
-            self._feed_chunked(memoryview(chunk)[offset : offset + used])
+            self._feed_chunked(_piece(chunk, offset, used))
         if self._state == _DEAD:
             return
         self.buffered -= used
@@ -202,7 +202,7 @@ class RequestReader:
         if not self._line_ended and chunk.find(b"\n", offset, offset + used) >= 0:
             self._line_ended = True
         self._head_size += used
-        self._feed(memoryview(chunk)[offset : offset + used])
+        self._feed(_piece(chunk, offset, used))
         if self._state != _HEAD or self._complete is not None:
             return used  # the head ended (and perhaps the whole request)
         if end >= 0:
@@ -225,7 +225,7 @@ class RequestReader:
             raise HttpRequestError(414, "uri_too_long", "request line exceeds the size limit")
         return used
 
-    def _feed_chunked(self, data: memoryview) -> None:
+    def _feed_chunked(self, data: bytes | memoryview) -> None:
         self._progress = False
         self._wire += len(data)
         if self._wire > self.max_body_size + self.max_header_size:
@@ -237,7 +237,7 @@ class RequestReader:
                 431, "headers_too_large", "chunk framing or trailers exceed the size limit"
             )
 
-    def _feed(self, data: memoryview) -> None:
+    def _feed(self, data: bytes | memoryview) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -370,3 +370,10 @@ class RequestReader:
         self._head_tail = b""
         self._line_ended = False
         self._continue = False
+
+
+def _piece(chunk: bytes, offset: int, size: int) -> bytes | memoryview:
+    """``chunk[offset:offset + size]`` without a copy."""
+    if offset == 0 and size == len(chunk):
+        return chunk
+    return memoryview(chunk)[offset : offset + size]
