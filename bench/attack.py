@@ -35,6 +35,7 @@ import os
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -320,6 +321,13 @@ ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
 # ------------------------------------------------------------------ the run
 
 
+def run_help(args: list[str]) -> str:
+    """What ``kichat <args>`` prints (to adapt to the version measured)."""
+    proc = subprocess.run([sys.executable, "-m", "kichat", *args], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    return proc.stdout
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated names")
@@ -353,6 +361,8 @@ def main() -> int:
             argv += ["--set", setting]
         env = {"KICHAT_LIMITS_CONNECTIONS_PER_IP": "1000000",
                "KICHAT_LIMITS_REST_PER_MINUTE": "1000000"}  # fmt: skip
+        if "pending_connections_per_ip" in run_help(["check-config", "--list"]):
+            env["KICHAT_LIMITS_PENDING_CONNECTIONS_PER_IP"] = "1000000"
         gateway = children.start("gateway", argv, env=env)
         wait_listening(gateway, port, "gateway", 30)
         sim = Sim(sim_port)

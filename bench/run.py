@@ -106,8 +106,13 @@ def project_command(port: int, sim_port: int) -> list[str]:
 
 def project_env() -> dict[str, str]:
     """Settings that differ from the gateway's defaults: every bench client comes from
-    127.0.0.1, so the per-IP connection limit (an abuse guard, 10 by default) must not apply."""
-    return {"KICHAT_LIMITS_CONNECTIONS_PER_IP": "1000000"}
+    127.0.0.1 and thousands connect at once, so the per-IP connection limits (abuse guards, 10
+    by default) and the cap on handshakes in progress must not apply."""
+    return {
+        "KICHAT_LIMITS_CONNECTIONS_PER_IP": "1000000",
+        "KICHAT_LIMITS_PENDING_CONNECTIONS_PER_IP": "1000000",
+        "KICHAT_SOCKETIO_MAX_PENDING_CONNECTIONS": "10000000",
+    }
 
 
 def peer_command(peer_dir: Path, port: int, sim_port: int) -> list[str]:

@@ -8,6 +8,8 @@
 * Real JavaScript clients (socket.io-client, pusher-js) live in ``tests/js``; ``.ci/run`` installs
   them with ``npm ci``. Locally, a missing install skips those tests; under ``CI`` it fails them,
   so a broken install can never turn into a silently green run.
+* Browser tests (marker ``browser``) drive Debian's headless Chromium; ``.ci/run`` installs it.
+  Like the JS clients, a missing install skips them locally and fails them under ``CI``.
 """
 
 from __future__ import annotations
@@ -44,7 +46,31 @@ def js_clients_available() -> bool:
     )
 
 
+def browser_missing() -> str | None:
+    """What the ``browser`` tests lack (chromium, chromedriver, selenium, the socket.io-client
+    the gateway serves), or None."""
+    from kichat.web.pages import PACKAGED_CLIENT_DIR
+
+    for tool in ("chromium", "chromedriver"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[test]')"
+    if not (PACKAGED_CLIENT_DIR / "socket.io.min.js").is_file():
+        return "socket.io-client for the pages is not installed (make assets)"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    missing = browser_missing()
+    if missing is not None and any("browser" in item.keywords for item in items):
+        if IN_CI:
+            raise pytest.UsageError(f"CI: the browser tests cannot run: {missing}")
+        for item in items:
+            if "browser" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=missing))
     if js_clients_available():
         return
     if IN_CI:
@@ -55,6 +81,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "node" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List the screenshots the browser tests saved (tests/pages/browser_harness.py)."""
+    harness = sys.modules.get("browser_harness")
+    saved = getattr(harness, "SAVED", [])
+    if saved:
+        terminalreporter.section("screenshots (test artifacts)")
+        for path in saved:
+            terminalreporter.write_line(str(path))
 
 
 async def eventually(

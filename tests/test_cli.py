@@ -23,6 +23,7 @@ import socketio
 from kichat.app import App
 from kichat.config import describe_settings, load_settings
 from kichat.sim import KickSimulator
+from kichat.sim.cli import build_parser as build_simulate_parser
 
 from conftest import UNIT
 
@@ -156,7 +157,12 @@ async def test_check_config_list() -> None:
     assert code == 0
     docs = describe_settings()
     for doc in docs:
-        assert re.search(rf"^{re.escape(doc.name)}\s+{re.escape(doc.env)}\s", out, re.M), doc.name
+        env = ", ".join((doc.env, *doc.aliases))
+        assert re.search(rf"^{re.escape(doc.name)}\s+{re.escape(env)}\s+default ", out, re.M), (
+            doc.name
+        )
+    assert re.search(r"^server\.port\s+KICHAT_SERVER_PORT, KICHAT_PORT\s+default 3000 ", out, re.M)
+    assert re.search(r'^server\.cors_origins\s+\S+\s+default \["\*"\] ', out, re.M)
     code, out, _ = await run_kichat("check-config", "--list", "--markdown")
     assert code == 0
     rows = [line for line in out.splitlines() if line.startswith("| ")]
@@ -167,6 +173,8 @@ async def test_check_config_list() -> None:
 async def test_help_and_version() -> None:
     code, out, _ = await run_kichat("--help")
     assert code == 0
+    assert "kichat: a self-hostable gateway that turns kick.com's live chat into a" in out
+    assert "``" not in out
     for command in ("serve", "demo", "simulate", "check-config", "watch"):
         assert command in out
     code, out, _ = await run_kichat("--version")
@@ -175,6 +183,36 @@ async def test_help_and_version() -> None:
     code, _, err = await run_kichat("frobnicate")
     assert code == 2
     assert "invalid choice" in err
+
+
+async def test_a_mistake_is_reported_by_the_command_it_belongs_to() -> None:
+    code, _, err = await run_kichat("--bogus")
+    assert (code, err.splitlines()[-1]) == (2, "kichat: error: unrecognized arguments: --bogus")
+    code, _, err = await run_kichat("serve", "--bogus")
+    assert code == 2
+    assert err.startswith("usage: kichat serve ")
+    assert err.splitlines()[-1] == "kichat serve: error: unrecognized arguments: --bogus"
+    code, _, err = await run_kichat("watch", "http://127.0.0.1:1", "xqc")
+    assert code == 2
+    assert err.startswith("usage: kichat watch ")
+    assert "required: chatroom_id" in err
+    code, _, err = await run_kichat()
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "kichat: error: a command is required: serve, demo, simulate, check-config or watch"
+    )
+
+
+async def test_simulate_takes_log_levels_in_any_case_and_documents_every_option() -> None:
+    parser = build_simulate_parser()
+    for action in parser._actions:
+        assert action.help, f"kichat simulate {action.option_strings} has no help text"
+    async with kichat_process("simulate", "--port", "0", "--log-level", "debug") as proc:
+        await proc.line("err", lambda s: "kick simulator ready" in s, 20 * UNIT)
+        assert await proc.terminate() == 0
+    code, _, err = await run_kichat("simulate", "--log-level", "loud")
+    assert code == 2
+    assert "invalid choice: 'loud'" in err
 
 
 # -- serve and demo -------------------------------------------------------------------------------
@@ -209,9 +247,15 @@ async def test_serve_on_a_busy_port_says_so_in_one_line() -> None:
             "serve", "--port", port, "--pusher-url", "ws://127.0.0.1:9/app/k?protocol=7",
             "--kick-api-url", "http://127.0.0.1:9",
         )  # fmt: skip
-    assert code == 2
-    assert "address already in use" in err.lower()
-    assert "Traceback" not in err
+        demo_code, _, demo_err = await run_kichat("demo", "--port", port)
+    # One line that says what to do, and nothing before it: the port is bound before the
+    # upstream connection starts, so there is nothing to shut down.
+    line = (
+        f"127.0.0.1:{port} is already in use (another kichat, or another program);"
+        f" choose another port with --port, e.g. --port {int(port) + 1}"
+    )
+    assert (code, err) == (2, f"kichat serve: {line}\n")
+    assert (demo_code, demo_err) == (2, f"kichat demo: {line}\n")
 
 
 async def test_demo_serves_the_simulated_chat() -> None:
@@ -247,8 +291,13 @@ async def test_demo_serves_the_simulated_chat() -> None:
 
 async def test_demo_prints_the_live_chat() -> None:
     async with kichat_process("demo", "--port", "0", "--rate", "20") as proc:
+        # The banner's watch command works from the shell that ran the demo.
+        command = re.compile(r"^    (\S+) watch http://127\.0\.0\.1:\d+ moonlitfox 4100123$")
+        match = command.search(await proc.line("err", command.search, 20 * UNIT))
+        assert match is not None
+        assert match.group(1) == "kichat" or os.access(match.group(1), os.X_OK), match.group(1)
         first = await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT)
-        assert first == "subscribed to xqc: ok"
+        assert first == "subscribed to xqc (chatroom 668): ok"
         chat = await proc.line("out", lambda s: s.startswith("[xqc] "), 10 * UNIT)
         assert re.fullmatch(r"\[xqc\] (\S+: .*|<\w+> \{.*)", chat)
         assert await proc.terminate() == 0
@@ -275,7 +324,7 @@ async def test_watch_prints_chat_lines_from_a_running_gateway() -> None:
         kichat_process("watch", url, "xqc", "668") as proc,
     ):
         assert await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT) == (
-            "subscribed to xqc: ok"
+            "subscribed to xqc (chatroom 668): ok"
         )
         data = await sim.publish_event(CHAT, "xqc")
         expected = f"[xqc] {data['sender']['username']}: {data['content']}"
@@ -292,9 +341,58 @@ async def test_watch_reports_an_unreachable_gateway_in_one_line() -> None:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         url = f"http://127.0.0.1:{closed.getsockname()[1]}"
         code, _, err = await run_kichat("watch", url, "xqc", "668")
-    assert code == 2
-    assert "Traceback" not in err
-    assert "refused" in err.lower()
+    assert (code, err) == (
+        2,
+        f"kichat watch: cannot connect to {url}: connection refused"
+        " (is the gateway running, on this port?)\n",
+    )
+
+
+async def test_watch_into_a_pipe_that_closes_ends_quietly() -> None:
+    # `kichat watch ... | head -1`: the reader leaves after one line.
+    async with gateway() as (sim, url):
+        read, write = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kichat", "watch", url, "xqc", "668",
+            stdout=write, stderr=asyncio.subprocess.PIPE, env=_env(),
+        )  # fmt: skip
+        os.close(write)
+        with os.fdopen(read, "rb") as reader:
+            first = await asyncio.to_thread(reader.readline)
+        assert first == b"subscribed to xqc (chatroom 668): ok\n"
+        # The next line written hits the closed pipe.
+        await sim.publish_event(CHAT, "xqc")
+        _, err = await asyncio.wait_for(proc.communicate(), 20 * UNIT)
+        assert (proc.returncode, err.decode()) == (0, "")
+
+
+async def test_watch_takes_host_and_port_without_a_scheme_and_explains_bad_urls() -> None:
+    async with (
+        gateway() as (_, url),
+        kichat_process("watch", url.removeprefix("http://"), "xqc", "668") as proc,
+    ):
+        line = await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT)
+        assert line == "subscribed to xqc (chatroom 668): ok"
+        assert await proc.terminate() == 0
+    code, _, err = await run_kichat("watch", "ftp://127.0.0.1:3000", "xqc", "668")
+    assert (code, err) == (
+        2,
+        "kichat watch: 'ftp://127.0.0.1:3000' is not a gateway URL: use http://host:port or"
+        " https://host (for example http://127.0.0.1:3000)\n",
+    )
+
+
+async def test_watch_shows_the_warning_of_a_wrong_chatroom_id() -> None:
+    # 4100123 is moonlitfox's chatroom: the chat shown under "xqc" is moonlitfox's, and the
+    # gateway's warning is what says so. watch must show it rather than "ok".
+    async with gateway() as (_, url), kichat_process("watch", url, "xqc", "4100123") as proc:
+        line = await proc.line("out", lambda s: s.startswith("subscribed"), 20 * UNIT)
+        assert line == (
+            "subscribed to xqc (chatroom 4100123) with a warning: stream_events_unavailable:"
+            " Kick says channel 'xqc' has chatroom 668, not 4100123; chat flows, but stream"
+            " events would belong to another room"
+        )
+        assert await proc.terminate() == 0
 
 
 async def test_watch_reports_a_refused_connection_or_subscription() -> None:

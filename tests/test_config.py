@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from kichat.config import (
     describe_settings,
     load_settings,
     render_settings_markdown,
+    render_settings_text,
     settings_for_display,
     validate_settings,
 )
@@ -231,6 +233,92 @@ def test_unknown_flag() -> None:
     assert problem == "command line: unknown setting server.prot (did you mean server.port?)"
 
 
+@pytest.mark.parametrize(
+    ("unknown", "suggested"),
+    [
+        # The part after the dot is compared across sections first...
+        ("limits.trusted", "server.trusted_proxies"),
+        ("server.linger", "relay.linger"),
+        ("limits.api_key", "limits.api_keys"),
+        ("socketio.recover", "socketio.recovery"),
+        # ...and a name like nothing known gets no suggestion rather than a wrong one.
+        ("limits.foo", None),
+        ("relay.something_else", None),
+    ],
+)
+def test_suggestions_for_unknown_settings(unknown: str, suggested: str | None) -> None:
+    [problem] = problems_of({unknown: 1})
+    hint = f" (did you mean {suggested}?)" if suggested else ""
+    assert problem == f"command line: unknown setting {unknown}{hint}"
+
+
+def test_suggestions_for_unknown_environment_variables() -> None:
+    [problem] = problems_of(env={"KICHAT_LIMITS_TRUSTED": "10.0.0.1"})
+    assert problem == (
+        "env KICHAT_LIMITS_TRUSTED: unknown setting (did you mean KICHAT_SERVER_TRUSTED_PROXIES?)"
+    )
+
+
+def test_toml_values_keep_their_types_while_text_is_parsed(tmp_path: Path) -> None:
+    # A TOML file has types: a quoted number is a string where a number belongs.
+    path = write_toml(
+        tmp_path, '[server]\nport = "3001"\nuse_uvloop = "false"\n[relay]\nlinger = "1.5"\n'
+    )
+    assert sorted(problems_of(config_path=path)) == [
+        f"relay.linger (file {path}): expected a number, got '1.5'"
+        " (in TOML, write it without quotes: linger = 1.5)",
+        f"server.port (file {path}): expected a whole number, got '3001'"
+        " (in TOML, write it without quotes: port = 3001)",
+        f"server.use_uvloop (file {path}): expected true or false, got 'false'"
+        " (in TOML, write it without quotes: use_uvloop = false)",
+    ]
+    path = write_toml(tmp_path, '[server]\ntrusted_proxies = "10.0.0.1"\n')
+    assert problems_of(config_path=path) == [
+        f"server.trusted_proxies (file {path}): expected a list of strings, got '10.0.0.1'"
+    ]
+    # Environment variables and flags are text by nature: they are parsed.
+    settings = load_settings({"server.port": "3002"}, env={"KICHAT_RELAY_LINGER": "1.5"})
+    assert (settings.server.port, settings.relay.linger) == (3002, 1.5)
+
+
+def test_numbers_in_messages_are_written_as_in_toml() -> None:
+    problems = problems_of(
+        {"limits.rest_per_minute": 0, "socketio.outbound_buffer_limit": 1, "relay.linger": -1}
+    )
+    assert sorted(problems) == [
+        "limits.rest_per_minute (command line): must be between 1 and 1000000, got 0",
+        "relay.linger (command line): must be between 0 and 3600, got -1.0",
+        "socketio.outbound_buffer_limit (command line): must be between 65536 and 1073741824,"
+        " got 1",
+    ]
+
+
+def test_settings_text_lists_aliases_and_toml_defaults() -> None:
+    text = render_settings_text()
+    lines = text.splitlines()
+    docs = describe_settings()
+    assert len(lines) == 2 * len(docs)
+    for doc, line, help_line in zip(docs, lines[::2], lines[1::2], strict=True):
+        env = ", ".join((doc.env, *doc.aliases))
+        head, _, literal = line.partition(" default ")
+        assert head.rstrip().split(None, 1) == [doc.name, env], line
+        assert literal.endswith(f" ({doc.type})"), line
+        value = literal.removesuffix(f" ({doc.type})")
+        # The default is written as it is written in a TOML file.
+        parsed = tomllib.loads(f"x = {value}")["x"]
+        expected = doc.default
+        if isinstance(expected, Mapping):
+            expected = dict(expected)
+        elif isinstance(expected, tuple):
+            expected = list(expected)
+        assert parsed == expected, line
+        assert help_line == f"    {doc.help}"
+    assert "server.port" in text and "KICHAT_SERVER_PORT, KICHAT_PORT" in text
+    assert "KICHAT_SERVER_HOST, KICHAT_HOST" in text
+    for python_only in ("('", "mappingproxy", "True", "False", "e+0"):
+        assert python_only not in text
+
+
 # Every validation rule, each with a value that breaks it and words its message must contain.
 BAD_VALUES = [
     ("server.host", "", "IP address or a host name"),
@@ -262,6 +350,7 @@ BAD_VALUES = [
     ("socketio.ping_timeout", 301.0, "between 1 and 300"),
     ("socketio.max_payload", 10, "between 1024 and"),
     ("socketio.connect_timeout", 0.0, "between 1 and 600"),
+    ("socketio.max_pending_connections", 0, "between 1 and"),
     ("socketio.recovery", "sometimes", "boolean"),
     ("socketio.recovery_window", 0.0, "between 1 and 3600"),
     ("socketio.recovery_buffer_bytes", 1, "between 65536 and"),
@@ -307,12 +396,20 @@ BAD_VALUES = [
     ("relay.dedupe_window", 3601.0, "between 0 and 3600"),
     ("limits.rest_per_minute", 0, "between 1 and"),
     ("limits.connections_per_ip", 0, "between 1 and"),
+    ("limits.pending_connections_per_ip", 0, "between 1 and"),
+    ("limits.detached_per_ip", 0, "between 1 and"),
     ("limits.subscriptions_per_client", 0, "between 1 and"),
     ("limits.subscribe_rate", 0, "between 1 and"),
     ("limits.api_keys", ("has space",), "printable ASCII"),
     ("limits.api_keys", [1, 2], "list of strings"),
     ("log.level", "verbose", "must be one of debug, info"),
     ("log.format", "xml", "must be one of text, json"),
+    ("pages.emote_url", "https://a/{id}/{id}", "{id} exactly once"),
+    ("pages.emote_url", "https://a/{name}", "{id} exactly once"),
+    ("pages.emote_url", "ftp://a/{id}", "http(s) URL"),
+    ("pages.emote_url", "https:///{id}", "with a host"),
+    ("pages.emote_url", "https://a/{id}'onerror", "without credentials, quotes or spaces"),
+    ("pages.socketio_client_dir", "/nonexistent", "holding socket.io.min.js"),
 ]
 
 
@@ -494,4 +591,6 @@ def test_display_redacts_secrets() -> None:
         "chatrooms.{chatroom_id}",
     ]
     assert shown["pusher"]["url"] == KICK_PUSHER_URL
-    assert set(shown) == {"server", "socketio", "pusher", "kick_api", "relay", "limits", "log"}
+    assert set(shown) == {
+        "server", "socketio", "pusher", "kick_api", "relay", "limits", "log", "pages",
+    }  # fmt: skip

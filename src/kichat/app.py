@@ -5,7 +5,7 @@ and graceful shutdown.
 
     Kick (Pusher) -> PusherPool -> Gateway.on_upstream_event -> Namespace.emit -> clients
     clients -> subscribe -> RelayService -> Registry / Gateway.acquire -> PusherPool.subscribe
-    HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops)
+    HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops) | pages (Pages)
 
 Shutdown order: stop accepting; mark not ready; close Socket.IO connections so clients see a
 transport close and reconnect (elsewhere, or here after a restart); close the upstream pool and
@@ -32,6 +32,7 @@ from kichat.relay import Gateway, Registry, RelayService
 from kichat.sio import Server
 from kichat.web.frontend import Frontend
 from kichat.web.ops import Ops
+from kichat.web.pages import Pages
 from kichat.web.rest import RestApi
 from kichat.web.router import Router
 
@@ -45,6 +46,7 @@ class App:
         s = settings
         self.settings = s
         self.stopping = False
+        self._bound = False
         self.kick = KickApi(
             s.kick_api.url,
             timeout=s.kick_api.timeout,
@@ -77,6 +79,9 @@ class App:
             recovery_buffer_bytes=s.socketio.recovery_buffer_bytes,
             outbound_buffer_limit=s.socketio.outbound_buffer_limit,
             flush_interval=s.socketio.flush_interval,
+            pending_per_client=s.limits.pending_connections_per_ip,
+            max_pending=s.socketio.max_pending_connections,
+            detached_per_client=s.limits.detached_per_ip,
         )
         self.nsp = self.sio.of("/")
         self.registry = Registry()
@@ -114,6 +119,8 @@ class App:
         RestApi(self.kick).install(self.router)
         self.ops = Ops(self, self.metrics)
         self.ops.install(self.router)
+        self.pages = Pages(s)
+        self.pages.install(self.router)
         self.frontend = Frontend(
             self.router,
             rest_per_minute=s.limits.rest_per_minute,
@@ -141,11 +148,15 @@ class App:
         return self.http.port
 
     async def start(self) -> None:
+        # Bind first: a busy port then fails before anything has started (no upstream
+        # connection to undo, no shutdown lines in front of the one message that matters).
+        # Nothing below yields to the event loop, so no request is served half-started.
+        await self.http.start(self.settings.server.host, self.settings.server.port)
+        self._bound = True
         await self.pool.start()
         await self.sio.start()
         self.loop_lag.start()
         self.trimmer.start()
-        await self.http.start(self.settings.server.host, self.settings.server.port)
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
             self.settings.server.host, self.port, self.settings.socketio.path,
@@ -156,6 +167,9 @@ class App:
         if self.stopping:
             return
         self.stopping = True
+        if not self._bound:
+            await self.kick.aclose()  # the only thing running before the port is bound
+            return
         grace = self.settings.server.shutdown_timeout
         log.info("shutting down (grace period %.1f s)", grace)
         await self.sio.close()

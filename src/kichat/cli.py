@@ -1,4 +1,4 @@
-"""The ``kichat`` command.
+"""kichat: a self-hostable gateway that turns kick.com's live chat into a Socket.IO v4 stream.
 
 ::
 
@@ -14,10 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
+import logging
+import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import WebSocketException
@@ -26,9 +31,9 @@ from kichat import __version__
 from kichat.app import App, serve
 from kichat.config import (
     Settings,
-    describe_settings,
     load_settings,
     render_settings_markdown,
+    render_settings_text,
     settings_for_display,
 )
 from kichat.errors import ConfigError, KichatError
@@ -80,10 +85,14 @@ def _load(args: argparse.Namespace, **forced: object) -> Settings:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="kichat", description=__doc__.splitlines()[0] if __doc__ else ""
+        prog="kichat",
+        description=__doc__.splitlines()[0] if __doc__ else "",
+        epilog="`kichat COMMAND --help` describes each command.",
     )
     p.add_argument("--version", action="version", version=f"kichat {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    # Not required here: main() says a command is missing only once the options are known good,
+    # so that `kichat --bogus` hears about --bogus.
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway")
     _settings_arguments(serve)
@@ -101,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--markdown", action="store_true", help="with --list: a Markdown table")
 
     watch = sub.add_parser("watch", help="print a chatroom's live events from a gateway")
-    watch.add_argument("url", help="the gateway, e.g. http://127.0.0.1:3000")
+    watch.add_argument("url", help="the gateway, e.g. http://127.0.0.1:3000 (or 127.0.0.1:3000)")
     watch.add_argument("channel_name", help="a Kick channel slug, e.g. xqc")
     watch.add_argument("chatroom_id", help="its chatroom id, e.g. 668")
     watch.add_argument("--token", help="API key, if the gateway requires one")
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
         return simulate_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         if args.command == "check-config":
             return _check_config(args)
@@ -129,20 +138,55 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    except (KichatError, OSError, WebSocketException) as exc:
+    except BrokenPipeError:
+        # The reader of stdout went away (`kichat watch ... | head`): nothing to report. Point
+        # stdout at /dev/null so that the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or args.command not in ("serve", "demo"):
+            print(f"kichat {args.command}: {exc}", file=sys.stderr)
+        else:
+            print(f"kichat {args.command}: {_address_in_use(args)}", file=sys.stderr)
+        return 2
+    except (KichatError, WebSocketException) as exc:
         # A busy port, an unreachable or refusing gateway: the operator's to fix, not a bug,
         # so one line and no traceback.
         print(f"kichat {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; a mistake is reported by the parser of the command it belongs to, with
+    that command's usage (argparse's own parse_args reports it with the top-level usage)."""
+    args, extra = parser.parse_known_args(argv)
+    command = _subparser(parser, args.command)
+    if extra:
+        (command or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    if command is None:
+        parser.error("a command is required: serve, demo, simulate, check-config or watch")
+    return args
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name is not None:
+            found: argparse.ArgumentParser | None = action.choices.get(name)
+            return found
+    return None
+
+
+def _address_in_use(args: argparse.Namespace) -> str:
+    server = _load(args).server
+    return (
+        f"{server.host}:{server.port} is already in use (another kichat, or another program);"
+        f" choose another port with --port, e.g. --port {server.port + 1}"
+    )
+
+
 def _check_config(args: argparse.Namespace) -> int:
     if args.list:
-        if args.markdown:
-            print(render_settings_markdown())
-        else:
-            for doc in describe_settings():
-                print(f"{doc.name:38} {doc.env:40} default {doc.default!r}\n    {doc.help}")
+        print(render_settings_markdown() if args.markdown else render_settings_text(), end="")
         return 0
     settings = _load(args)
     print(json.dumps(settings_for_display(settings), indent=2, default=str))
@@ -181,6 +225,10 @@ async def _watch(args: argparse.Namespace, stop: asyncio.Event) -> None:
 
 async def _demo(args: argparse.Namespace, base: Settings, stop: asyncio.Event) -> None:
     """The gateway with the simulator as its upstream, and a terminal client watching it."""
+    if base.log.level == "info":
+        # The banner says where the simulator is; its own start/stop lines would only bury a
+        # real message (a busy port) under noise.
+        logging.getLogger("kichat.sim").setLevel(logging.WARNING)
     async with KickSimulator(port=0) as sim:
         settings = load_settings(
             {**_overrides(args), "pusher.url": sim.pusher_url, "kick_api.url": sim.api_url},
@@ -188,7 +236,8 @@ async def _demo(args: argparse.Namespace, base: Settings, stop: asyncio.Event) -
         )
         async with App(settings) as app:
             url = f"http://{settings.server.host}:{app.port}"
-            print(_DEMO_BANNER.format(url=url, api=sim.api_url), file=sys.stderr, flush=True)
+            banner = _DEMO_BANNER.format(url=url, api=sim.api_url, kichat=_self_command())
+            print(banner, file=sys.stderr, flush=True)
             sim.start_traffic(args.rate, slugs=[slug for slug, _ in DEMO_CHANNELS])
             if args.quiet:
                 await stop.wait()
@@ -197,12 +246,26 @@ async def _demo(args: argparse.Namespace, base: Settings, stop: asyncio.Event) -
             await sim.stop_traffic()
 
 
+def _self_command() -> str:
+    """How the user's shell runs this very kichat: ``kichat`` when that is on PATH, else the
+    script of this installation (``.venv/bin/kichat`` after ``make demo``)."""
+    script = Path(os.path.abspath(sys.executable)).with_name("kichat")
+    found = shutil.which("kichat")
+    if found is not None and os.path.samefile(found, script):
+        return "kichat"
+    if not script.exists():
+        return f"{sys.executable} -m kichat"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
 _DEMO_BANNER = """
 kichat demo: the gateway is serving Socket.IO and REST at {url}
   upstream: the built-in Kick simulator ({api}), random live traffic on xqc and moonlitfox
   try, in another terminal:
     curl {url}/api/v2/channels/xqc
-    kichat watch {url} moonlitfox 4100123
+    {kichat} watch {url} moonlitfox 4100123
   and point any Socket.IO client at {url} (subscribe {{channelName: "xqc", chatroomId: "668"}}).
   Ctrl-C stops everything.
 """

@@ -21,6 +21,12 @@ Names never shadow built-ins such as ``TimeoutError`` or ``ConnectionError``.
             ├── KickBlocked           Kick's edge refused us (403 "Request blocked by ...")
             ├── KickTimeout           no answer in time
             └── KickBadResponse       5xx, an unexpected status, or a body that is not our JSON
+    └── ClientError                   kichat.client, the Python client of a gateway
+        ├── GatewayUnreachable        no connection could be opened (``url``; the cause chained)
+        ├── ConnectRejected           the gateway refused the connection (``code``, ``message``)
+        ├── SubscribeRefused          a subscribe answered ``{ok: false}`` (``code``, ``message``)
+        ├── ReplyTimeout              no reply to a request in time
+        └── ClientClosed              the client was closed, or the gateway disconnected it
 
 The Socket.IO server (:mod:`kichat.sio`) has its own small tree in :mod:`kichat.sio.errors`
 because it knows nothing of Kick and could live in its own distribution.
@@ -121,3 +127,49 @@ class KickTimeout(KickApiError):
 class KickBadResponse(KickApiError):
     status = 502
     code = "upstream_bad_response"
+
+
+class ClientError(KichatError):
+    """Base class of :mod:`kichat.client`'s errors: what a gateway said or did to the client."""
+
+
+class GatewayUnreachable(ClientError):
+    """No connection to the gateway could be opened (refused, DNS, TLS, not Socket.IO...)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"cannot connect to {url}: {reason}")
+
+
+class ConnectRejected(ClientError):
+    """The gateway refused the Socket.IO connection (``connect_error``): ``code`` is its stable
+    code (``unauthorized``, ``too_many_connections``) when it gave one."""
+
+    def __init__(self, code: str, message: str, data: object = None) -> None:
+        self.code = code
+        self.message = message
+        self.data = data
+        super().__init__(f"the gateway refused the connection: {code}: {message}")
+
+
+class SubscribeRefused(ClientError):
+    """A ``subscribe`` was answered ``{ok: false, error: {code, message}}``: ``code`` is one of
+    the gateway's documented codes (``invalid_chatroom_id``, ``rate_limited``, ...)."""
+
+    def __init__(
+        self, code: str, message: str, *, channel_name: str | None, chatroom_id: str | None
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.channel_name = channel_name
+        self.chatroom_id = chatroom_id
+        super().__init__(f"{code}: {message}")
+
+
+class ReplyTimeout(ClientError):
+    """The gateway did not answer a request in time."""
+
+
+class ClientClosed(ClientError):
+    """The client is closed (by its owner, or because the gateway disconnected it for good)."""

@@ -31,6 +31,29 @@ if TYPE_CHECKING:
 
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
+# Whatever a log line quotes (a client's packet, a name Kick sent, an exception's message) is
+# kept to these sizes, so that no input can make one line expensive to write or to store.
+MAX_LOG_MESSAGE = 2000  # characters
+MAX_LOG_TRACEBACK = 8000  # characters of a traceback, its start and its end kept
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and its end."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} [... {len(text) - 2 * half} characters cut ...] {text[-half:]}"
+
+
+class TextFormatter(logging.Formatter):
+    """The plain format, with messages and tracebacks bounded."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return clip(super().formatMessage(record), MAX_LOG_MESSAGE)
+
+    def formatException(self, ei: Any) -> str:
+        return clip(super().formatException(ei), MAX_LOG_TRACEBACK)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, plus any ``extra=`` fields."""
@@ -40,13 +63,13 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage(), MAX_LOG_MESSAGE),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = clip(self.formatException(record.exc_info), MAX_LOG_TRACEBACK)
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -56,7 +79,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -163,6 +186,11 @@ class GatewayCollector(Collector):
             "Sockets that lost their transport and may still recover",
             snap["detached_sockets"],
         )
+        yield _gauge(
+            "kichat_pending_connections",
+            "Sessions that have not joined a namespace yet",
+            snap["pending_connections"],
+        )
         yield _gauge("kichat_rooms", "Socket.IO rooms with members", snap["rooms"])
         yield _gauge(
             "kichat_recovery_log_bytes",
@@ -182,6 +210,15 @@ class GatewayCollector(Collector):
         )
         yield _counter(
             "kichat_client_parse_errors_total", "Malformed packets from clients", st.parse_errors
+        )
+        yield _labelled(
+            CounterMetricFamily, "kichat_refused_handshakes_total",
+            "Engine.IO handshakes refused, by reason", "reason", st.refused_handshakes,
+        )  # fmt: skip
+        yield _counter(
+            "kichat_detached_evicted_total",
+            "Sessions waiting to be recovered ended early (too many from one address)",
+            st.detached_evicted,
         )
         yield _labelled(
             CounterMetricFamily, "kichat_recoveries_total", "Connection state recovery attempts",

@@ -51,6 +51,7 @@ BASE_SETTINGS: dict[str, object] = {
     "pusher.subscribe_timeout": 2.0 * UNIT,
     "relay.linger": 0.1 * UNIT,
     "limits.connections_per_ip": 1000,
+    "limits.pending_connections_per_ip": 1000,
     "limits.subscribe_rate": 1000,
 }
 

@@ -55,7 +55,8 @@ async def gateway() -> AsyncIterator[Gateway]:
         "--pusher-url", f"ws://{nowhere}/app/32cbd69e4b950bf97679?protocol=7",
         "--kick-api-url", f"http://{nowhere}",
         "--set", "server.memory_trim_interval=0.2",
-        env={**os.environ, "KICHAT_LIMITS_CONNECTIONS_PER_IP": "100000"},
+        env={**os.environ, "KICHAT_LIMITS_CONNECTIONS_PER_IP": "100000",
+             "KICHAT_LIMITS_PENDING_CONNECTIONS_PER_IP": "100000"},
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -9,6 +9,7 @@
 // Server events that ask for an acknowledgement are answered with their own arguments.
 //
 // Binary values travel as {"$bin": "<base64>"} in both directions.
+// connect_error lines carry {message, data} and, for a refused handshake, {status, detail, body}.
 import { io } from "socket.io-client";
 import readline from "node:readline";
 
@@ -41,7 +42,15 @@ function connect(cmd) {
     const engine = socket.io.engine;
     out({ ev: "connect", id: socket.id, recovered: socket.recovered, transport: engine.transport.name });
   });
-  socket.on("connect_error", (err) => out({ ev: "connect_error", message: err.message, data: err.data ?? null }));
+  socket.on("connect_error", (err) => out({
+    ev: "connect_error",
+    message: err.message,
+    data: err.data ?? null,
+    // A refused handshake is a transport error: its HTTP status, and (long-polling only) the body.
+    status: typeof err.description === "number" ? err.description : null,
+    detail: typeof err.description?.message === "string" ? err.description.message : null,
+    body: err.context?.responseText ?? null,
+  }));
   socket.on("disconnect", (reason) => out({ ev: "disconnect", reason }));
   socket.onAny((name, ...args) => {
     // A server event that asks for an acknowledgement: answer with the same arguments.

@@ -135,6 +135,19 @@ def test_error_message_names_the_type_of_non_strings() -> None:
     assert "list" in exc.value.message
 
 
+def test_a_missing_value_is_reported_as_missing() -> None:
+    # payload.get("chatroomId") is None when the field is absent: say so, not "got NoneType".
+    for parse, code, field in [
+        (parse_chatroom_id, "invalid_chatroom_id", "chatroomId"),
+        (parse_slug, "invalid_channel_name", "channelName"),
+    ]:
+        with pytest.raises(ClientInputError) as exc:
+            parse(None)
+        assert exc.value.code == code
+        assert exc.value.message.startswith(f"{field} is missing (or null)")
+        assert "NoneType" not in exc.value.message
+
+
 _PATH_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 

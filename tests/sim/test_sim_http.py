@@ -8,12 +8,14 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from kichat.sim import KickSimulator
+from kichat.sim.control import endpoints_markdown
 
 from conftest import UNIT, eventually
 from sim_helpers import CHAT, PusherTestClient, fixture, shape
@@ -162,6 +164,31 @@ async def test_rest_only_answers_get() -> None:
 
 
 # -- control API --------------------------------------------------------------------------------
+
+
+async def test_the_control_api_lists_itself() -> None:
+    async with sim_and_http() as (sim, http):
+        listing = (await http.get("/_sim/")).json()
+        assert (await http.get("/_sim")).json() == listing
+        assert (await http.post("/_sim/", json={})).status_code == 405
+    endpoints = listing["endpoints"]
+    served = set(sim._control.routes)
+    assert {(e["method"], e["path"]) for e in endpoints} == served
+    assert len(endpoints) == len(served)
+    for e in endpoints:
+        assert set(e) == {"method", "path", "summary", "body", "returns"}
+        assert e["summary"]
+        assert e["returns"]
+        # A body is documented exactly for the methods that read one.
+        assert (e["body"] is not None) == (e["method"] == "POST"), e
+    assert "409" in listing["errors"]
+
+
+def test_the_readme_shows_the_control_api_table() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert endpoints_markdown() in readme, (
+        "README.md's control API table is stale: paste kichat.sim.control.endpoints_markdown()"
+    )
 
 
 async def test_stats_and_publish_through_the_control_api() -> None:

@@ -55,6 +55,9 @@ def b64(data: bytes) -> dict[str, str]:
 async def serve_sio(**options: Any) -> AsyncIterator[Harness]:
     refuse = options.pop("refuse_token", None)
     send_buffer_size = options.pop("send_buffer_size", None)
+    # Every test client comes from 127.0.0.1, swarms of them at once: tests of the per-client
+    # budgets set their own.
+    options.setdefault("pending_per_client", 10_000)
     sio = Server(**options)
     nsp = sio.of("/")
 

@@ -5,6 +5,7 @@ raw WebSocket handshake."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -165,6 +166,9 @@ async def test_11th_concurrent_socket_io_connection_is_refused_with_a_reason(
                 "ev": "connect_error",
                 "message": "too many connections from your address (limit 10)",
                 "data": {"code": "too_many_connections", "limit": 10},
+                "status": None,
+                "detail": None,
+                "body": None,
             }
             # One leaves; a new connection is accepted again.
             await clients.pop().disconnect()
@@ -357,3 +361,24 @@ async def test_cors_star_echoes_any_origin(sim: KickSimulator) -> None:
         assert resp.headers["access-control-allow-origin"] == BAD
         resp = await gw.get(XQC)
         assert "access-control-allow-origin" not in resp.headers
+
+
+# --- what a client that stops reading can hold ------------------------------------------------
+
+
+async def test_by_default_the_kernel_part_of_a_slow_client_is_bounded(sim: KickSimulator) -> None:
+    """The README's bound: outbound_buffer_limit in the gateway, plus the socket's send buffer,
+    which the gateway caps (server.socket_send_buffer) instead of letting the kernel autotune it
+    up to 4 MiB."""
+    async with gateway(sim) as gw:
+        settings = gw.app.settings
+        assert settings.server.socket_send_buffer == 256 * 1024
+        assert settings.socketio.outbound_buffer_limit == 4 * 1024 * 1024
+        ws_url = gw.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        async with ws_connect(ws_url) as client:
+            await asyncio.wait_for(client.recv(), 5 * UNIT)
+            [conn] = gw.app.sio.sessions.values()
+            assert conn.ws is not None
+            server_socket = conn.ws.transport.get_extra_info("socket")
+            kernel = server_socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            assert 256 * 1024 <= kernel <= 2 * 256 * 1024  # Linux doubles what it is given

@@ -4,6 +4,8 @@ production), with the Kick simulator as upstream and python-socketio as the clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import sys
@@ -15,7 +17,10 @@ from typing import Any
 import httpx
 import orjson
 import socketio
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
 
+from kichat.observability import MAX_LOG_MESSAGE, MAX_LOG_TRACEBACK, JsonFormatter, TextFormatter
 from kichat.sim import KickSimulator
 
 from conftest import UNIT
@@ -146,3 +151,56 @@ async def test_debug_logs_are_json_and_carry_no_session_secret() -> None:
     assert any(e["level"] == "debug" for e in entries)
     for entry in entries:
         assert SECRET not in orjson.dumps(entry).decode(), entry
+
+
+async def test_hostile_packets_cost_one_short_log_line_each() -> None:
+    """Issue 8, item 3: before, one 2 KB nested packet wrote a 164 KB traceback."""
+    deep = '42["x",' + "[" * 3000 + "]" * 3000 + "]"
+    long_namespace = "42/" + "n" * 200_000 + ',["x"]'
+    async with (
+        KickSimulator(port=0, seed=3) as sim,
+        kichat_serve("--pusher-url", sim.pusher_url, "--kick-api-url", sim.api_url) as gw,
+    ):
+        ws_url = gw.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        for packet in (deep, long_namespace):
+            async with ws_connect(ws_url) as ws:
+                assert str(await asyncio.wait_for(ws.recv(), 5 * UNIT)).startswith("0{")
+                await ws.send("40")
+                assert str(await asyncio.wait_for(ws.recv(), 5 * UNIT)).startswith("40")
+                await ws.send(packet)
+                with contextlib.suppress(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 5 * UNIT)
+                assert ws.close_code == 1002
+        async with httpx.AsyncClient(base_url=gw.url, trust_env=False) as http:
+            handshake = await http.get("/socket.io/?EIO=4&transport=polling")
+            sid = orjson.loads(handshake.text[1:])["sid"]
+            url = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+            assert (await http.post(url, content="40")).status_code == 200
+            assert (await http.post(url, content=deep)).status_code == 400
+        entries = await gw.stop()
+    closing = [e for e in entries if e["logger"] == "kichat.sio"]
+    assert len(closing) == 3, closing
+    assert all("exc" not in e for e in entries)
+    assert max(len(orjson.dumps(e)) for e in entries) < 400
+    assert sum(len(line) for line in gw.lines) < 8000
+
+
+def test_log_lines_are_bounded_whatever_they_quote() -> None:
+    def deep(n: int) -> None:
+        deep(n + 1)
+
+    try:
+        deep(0)
+    except RecursionError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "kichat.test", logging.ERROR, __file__, 1, "bad %s", ("x" * 1_000_000,), exc_info
+    )
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert len(text) < MAX_LOG_MESSAGE + MAX_LOG_TRACEBACK + 200
+    assert text.startswith("ERROR bad xxx") and "characters cut" in text
+    assert "RecursionError" in text  # the end of a traceback is kept
+    entry = orjson.loads(JsonFormatter().format(record))
+    assert len(entry["msg"]) < MAX_LOG_MESSAGE + 100
+    assert len(entry["exc"]) < MAX_LOG_TRACEBACK + 100
+    assert entry["exc"].rstrip().endswith("maximum recursion depth exceeded")

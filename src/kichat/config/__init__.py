@@ -21,6 +21,7 @@ from kichat.config.loading import (
     describe_settings,
     load_settings,
     render_settings_markdown,
+    render_settings_text,
     settings_for_display,
     validate_settings,
 )
@@ -30,6 +31,7 @@ from kichat.config.schema import (
     KickApiSettings,
     LimitsSettings,
     LogSettings,
+    PagesSettings,
     PusherSettings,
     RelaySettings,
     ServerSettings,
@@ -45,6 +47,7 @@ __all__ = [
     "KickApiSettings",
     "LimitsSettings",
     "LogSettings",
+    "PagesSettings",
     "PusherSettings",
     "RelaySettings",
     "ServerSettings",
@@ -54,6 +57,7 @@ __all__ = [
     "describe_settings",
     "load_settings",
     "render_settings_markdown",
+    "render_settings_text",
     "settings_for_display",
     "validate_settings",
 ]

@@ -9,6 +9,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,9 +46,22 @@ def short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def number(value: float) -> str:
+    """A number as one writes it in TOML or an environment variable: ``1000000``, not
+    ``1e+06``; ``0.5``; ``10.0`` for a float setting's whole default."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    text = repr(float(value))
+    if "e" in text and float(value).is_integer():
+        return f"{int(value)}.0"
+    return text
+
+
 def between(lo: float, hi: float) -> Check:
     def check(value: float) -> str | None:
-        return None if lo <= value <= hi else f"must be between {lo:g} and {hi:g}, got {value!r}"
+        if lo <= value <= hi:
+            return None
+        return f"must be between {number(lo)} and {number(hi)}, got {number(value)}"
 
     return check
 
@@ -178,3 +192,26 @@ def check_api_keys(value: tuple[str, ...]) -> str | None:
         if not re.fullmatch(r"[\x21-\x2b\x2d-\x7e]{1,256}", key):
             return f"key #{index + 1} must be 1-256 printable ASCII characters, no spaces or commas"
     return None
+
+
+def check_emote_url(value: str) -> str | None:
+    if value == "":
+        return None  # emotes shown as their names
+    rest = value.replace("{id}", "", 1)
+    if "{id}" not in value or "{" in rest or "}" in rest:
+        return f"must contain {{id}} exactly once and no other braces, got {short(value)}"
+    problem = _url_problem(rest, ("http", "https"), "an http(s) URL", echo=False)
+    if problem:
+        return f"{problem}, got {short(value)}"
+    if "@" in urlsplit(value).netloc or any(c in value for c in " \"'<>\\"):
+        return f"must be a plain URL without credentials, quotes or spaces, got {short(value)}"
+    return None
+
+
+def check_client_dir(value: str) -> str | None:
+    if value == "" or Path(value, "socket.io.min.js").is_file():
+        return None
+    return (
+        f"must be a directory holding socket.io.min.js (socket.io-client's dist/), "
+        f"got {short(value)}"
+    )

@@ -24,6 +24,7 @@ CONFIG_ENV = "KICHAT_CONFIG"
 # KICHAT_* variables that are not settings: the config file path, and the test suite's knobs.
 _NOT_SETTINGS_ENV = frozenset({CONFIG_ENV})
 _NOT_SETTINGS_ENV_PREFIXES = ("KICHAT_TEST_",)
+_FILE_SOURCE = "file "  # how values read from the TOML file name their source
 _KIB = 1024
 _MIB = 1024 * 1024
 
@@ -172,11 +173,17 @@ def _native(f: _Field, value: object) -> object:
 
 
 def _accept(f: _Field, raw: object, source: str, problems: list[str]) -> tuple[bool, object]:
+    # Environment variables and flags are text by nature and are parsed; a TOML file has types
+    # of its own, so ``port = "3001"`` is a string where a number belongs, and is refused.
+    typed = source.startswith(_FILE_SOURCE)
     try:
-        value = _native(f, _from_text(f, raw) if isinstance(raw, str) else raw)
+        value = _native(f, _from_text(f, raw) if isinstance(raw, str) and not typed else raw)
     except _BadValue as exc:
         got = type(raw).__name__ if f.secret else short(raw)
-        problems.append(f"{f.name} ({source}): {exc}, got {got}")
+        hint = ""
+        if typed and isinstance(raw, str) and f.kind in ("int", "float", "bool"):
+            hint = f" (in TOML, write it without quotes: {f.key} = {raw.strip().lower()})"
+        problems.append(f"{f.name} ({source}): {exc}, got {got}{hint}")
         return False, None
     problem = f.check(value) if f.check else None
     if problem:
@@ -185,13 +192,54 @@ def _accept(f: _Field, raw: object, source: str, problems: list[str]) -> tuple[b
     return True, value
 
 
-def _suggest(word: str, candidates: object) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1)  # type: ignore[call-overload]
-    return f" (did you mean {close[0]}?)" if close else ""
+def _similar_setting(name: str) -> str | None:
+    """The setting someone most likely meant by an unknown dotted ``name``, or None.
+
+    The part after the dot carries the meaning, so it is compared first, across every section
+    (``limits.trusted`` -> ``server.trusted_proxies``, ``server.linger`` -> ``relay.linger``);
+    whole names are compared only as a last resort and must be very close (a typo).
+    """
+    section, _, key = name.rpartition(".")
+    by_key: dict[str, list[str]] = {}
+    for f in _FIELDS.values():
+        by_key.setdefault(f.key, []).append(f.name)
+
+    def pick(keys: list[str]) -> str | None:
+        names = [n for k in keys for n in by_key[k]]
+        same_section = [n for n in names if n.startswith(f"{section}.")]
+        return (same_section or names)[0] if names else None
+
+    if key in by_key:
+        return pick([key])
+    close = difflib.get_close_matches(key, list(by_key), n=3, cutoff=0.75)
+    if close:
+        return pick(close)
+    prefixed = [k for k in by_key if len(key) >= 4 and (k.startswith(key) or key.startswith(k))]
+    if prefixed:
+        return pick(prefixed)
+    close = difflib.get_close_matches(name, list(_FIELDS), n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
+def _suggest(name: str) -> str:
+    similar = _similar_setting(name)
+    return f" (did you mean {similar}?)" if similar else ""
+
+
+def _suggest_env(var: str) -> str:
+    rest = var.removeprefix(ENV_PREFIX).lower()
+    for section in sorted(_SECTION_NAMES, key=len, reverse=True):
+        if rest.startswith(f"{section}_"):
+            name = f"{section}.{rest.removeprefix(section + '_')}"
+            break
+    else:
+        name = f".{rest}"
+    similar = _similar_setting(name)
+    return f" (did you mean {_FIELDS[similar].env}?)" if similar else ""
 
 
 def _read_file(path: str, problems: list[str]) -> dict[str, tuple[object, str]]:
-    source = f"file {path}"
+    source = f"{_FILE_SOURCE}{path}"
     try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
@@ -205,11 +253,10 @@ def _read_file(path: str, problems: list[str]) -> dict[str, tuple[object, str]]:
     for section, table in doc.items():
         if section not in _SECTION_NAMES and not isinstance(table, dict):
             # A setting written without its section, e.g. "port = 80" instead of [server].
-            match = [name for name in _FIELDS if name.endswith(f".{section}")]
-            hint = f" (did you mean {match[0]}?)" if match else ""
-            problems.append(f"config {source}: unknown setting {section}{hint}")
+            problems.append(f"config {source}: unknown setting {section}{_suggest('.' + section)}")
         elif section not in _SECTION_NAMES:
-            hint = _suggest(section, _SECTION_NAMES)
+            close = difflib.get_close_matches(section, _SECTION_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"config {source}: unknown section [{section}]{hint}")
         elif not isinstance(table, dict):
             problems.append(f"config {source}: {section} must be a table ([{section}])")
@@ -219,9 +266,7 @@ def _read_file(path: str, problems: list[str]) -> dict[str, tuple[object, str]]:
                 if name in _FIELDS:
                     out[name] = (value, source)
                 else:
-                    problems.append(
-                        f"config {source}: unknown setting {name}{_suggest(name, _FIELDS)}"
-                    )
+                    problems.append(f"config {source}: unknown setting {name}{_suggest(name)}")
     return out
 
 
@@ -236,7 +281,7 @@ def _read_env(env: Mapping[str, str], problems: list[str]) -> dict[str, tuple[ob
             continue
         name = _ENV_NAMES.get(var)
         if name is None:
-            problems.append(f"env {var}: unknown setting{_suggest(var, _ENV_NAMES)}")
+            problems.append(f"env {var}: unknown setting{_suggest_env(var)}")
         elif name in out and out[name][0] != env[var]:
             problems.append(f"{name}: set differently by {out[name][1]} and env {var}")
         else:
@@ -252,7 +297,7 @@ def _read_flags(flags: Mapping[str, object], problems: list[str]) -> dict[str, t
         if name in _FIELDS:
             out[name] = (value, "command line")
         else:
-            problems.append(f"command line: unknown setting {name}{_suggest(name, _FIELDS)}")
+            problems.append(f"command line: unknown setting {name}{_suggest(name)}")
     return out
 
 
@@ -390,6 +435,18 @@ def render_settings_markdown(docs: list[SettingDoc] | None = None) -> str:
         env = ", ".join(f"`{name}`" for name in (doc.env, *doc.aliases))
         rows.append(f"| `{doc.name}` | {doc.type} | `{cell(default)}` | {env} | {cell(doc.help)} |")
     return "\n".join(rows) + "\n"
+
+
+def render_settings_text(docs: list[SettingDoc] | None = None) -> str:
+    """``kichat check-config --list``: each setting with its environment variables and its
+    default written the way it is written in TOML, then its help."""
+    lines = []
+    for doc in describe_settings() if docs is None else docs:
+        env = ", ".join((doc.env, *doc.aliases))
+        default = json.dumps(_plain(doc.default), ensure_ascii=False)
+        lines.append(f"{doc.name:38} {env:40} default {default} ({doc.type})")
+        lines.append(f"    {doc.help}")
+    return "\n".join(lines) + "\n"
 
 
 REDACTED = "***"

@@ -12,6 +12,8 @@ from kichat.config.checks import (
     between,
     check_api_keys,
     check_api_url,
+    check_client_dir,
+    check_emote_url,
     check_headers,
     check_host,
     check_networks,
@@ -35,6 +37,7 @@ KICK_PUSHER_URL = (
     "?protocol=7&client=js&version=8.4.0&flash=false"
 )
 KICK_API_URL = "https://kick.com"
+KICK_EMOTE_URL = "https://files.kick.com/emotes/{id}/fullsize"
 
 
 # --- the settings -----------------------------------------------------------------------------
@@ -67,9 +70,10 @@ class ServerSettings:
         10.0, "Grace period for clients and upstream on shutdown.", check=between(0, 3600)
     )
     socket_send_buffer: int = option(
-        0,
-        "SO_SNDBUF of client sockets (0: the kernel's autotuning). A cap bounds the kernel"
-        " memory a client that stops reading can pin.",
+        256 * KIB,
+        "SO_SNDBUF of client sockets: the kernel memory a client that stops reading can pin on"
+        " top of socketio.outbound_buffer_limit (Linux doubles it). 0: the kernel's autotuning,"
+        " up to net.ipv4.tcp_wmem's maximum (4 MiB by default).",
         unit="bytes",
         check=between(0, 64 * MIB),
     )
@@ -98,12 +102,22 @@ class SocketIOSettings:
     )
     max_payload: int = option(
         1_000_000,
-        "Largest packet accepted from a client.",
+        "Largest packet accepted from a client (its binary attachments included); also what"
+        " one client's events may hold while they wait for a busy handler.",
         unit="bytes",
         check=between(1 * KIB, 100 * MIB),
     )
     connect_timeout: float = option(
-        45.0, "Time a client has to join a namespace after the handshake.", check=between(1, 600)
+        10.0,
+        "Time a client has to join a namespace after the handshake; a session that has not"
+        " joined one by then is closed (socket.io-client joins at once).",
+        check=between(1, 600),
+    )
+    max_pending_connections: int = option(
+        10_000,
+        "Sessions that have not joined a namespace yet, all clients together; past it,"
+        " handshakes are refused with HTTP 503 (see limits.pending_connections_per_ip).",
+        check=between(1, 10_000_000),
     )
     recovery: bool = option(True, "Connection state recovery: replay missed events on reconnect.")
     recovery_window: float = option(
@@ -123,7 +137,9 @@ class SocketIOSettings:
     )
     outbound_buffer_limit: int = option(
         4 * MIB,
-        "Unsent bytes per connection before a slow consumer is cut off.",
+        "Unsent bytes the gateway holds for one connection (its queue and its socket's write"
+        " buffer) before a slow consumer is cut off; the kernel's send buffer comes on top"
+        " (server.socket_send_buffer).",
         unit="bytes",
         check=between(64 * KIB, 1024 * MIB),
     )
@@ -248,7 +264,21 @@ class LimitsSettings:
         100, "REST requests per minute per IP.", check=between(1, 1_000_000)
     )
     connections_per_ip: int = option(
-        10, "Concurrent Socket.IO connections per IP.", check=between(1, 1_000_000)
+        10,
+        "Concurrent Socket.IO connections per IP (sessions waiting to be recovered do not count).",
+        check=between(1, 1_000_000),
+    )
+    pending_connections_per_ip: int = option(
+        10,
+        "Socket.IO sessions per IP that have not joined the namespace yet (a handshake whose"
+        " CONNECT has not come, or was refused); past it, handshakes get HTTP 429.",
+        check=between(1, 1_000_000),
+    )
+    detached_per_ip: int = option(
+        10,
+        "Sessions per IP kept for connection state recovery after their transport dropped;"
+        " past it, the oldest ends at once.",
+        check=between(1, 1_000_000),
     )
     subscriptions_per_client: int = option(
         50, "Rooms one Socket.IO client may be subscribed to.", check=between(1, 10_000)
@@ -275,6 +305,23 @@ class LogSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PagesSettings:
+    """The status page at / and the chat overlay at /overlay/{channelName}."""
+
+    emote_url: str = option(
+        KICK_EMOTE_URL,
+        "Image URL of a Kick emote in the overlay ({id} is replaced); empty shows emote names.",
+        check=check_emote_url,
+    )
+    socketio_client_dir: str = option(
+        "",
+        "Directory of socket.io-client's dist/ files served at <socketio.path>socket.io.js"
+        " (empty: the copy `make assets` installs in the package).",
+        check=check_client_dir,
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Settings:
     """All settings. ``Settings()`` is the default configuration."""
 
@@ -285,3 +332,4 @@ class Settings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    pages: PagesSettings = field(default_factory=PagesSettings)

@@ -89,7 +89,8 @@ def serialize_response(resp: Response, *, keep_alive: bool, head: bool = False) 
     lines = [_status_line(resp.status)]
     for name, value in resp.headers:
         lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
-    lines.append(b"Content-Length: %d\r\n" % len(resp.body))
+    if resp.status != 304:  # a 304's length would be the cached body's: say none
+        lines.append(b"Content-Length: %d\r\n" % len(resp.body))
     if not keep_alive:
         lines.append(b"Connection: close\r\n")
     lines.append(b"\r\n")

@@ -297,15 +297,7 @@ class KickApi:
             )
         if not 200 <= reply.status < 300:
             raise _status_error(reply, f"history of channel {channel_id}")
-        doc = _json_or_none(reply.body)
-        data = doc.get("data") if isinstance(doc, dict) else None
-        items = data.get("messages") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            raise KickBadResponse(
-                "Kick's chat history is not the expected JSON ({data: {messages: [...]}})",
-                upstream_status=reply.status,
-            )
-        return [_live_shape(item) for item in items if isinstance(item, dict)]
+        return _parse_history(reply)
 
     # --- user endpoints ----------------------------------------------------------------------
 
@@ -520,6 +512,18 @@ def _parse_channel(slug: str, reply: _Reply) -> KickChannel:
             upstream_status=reply.status,
         ) from exc
     return KickChannel(slug, channel_id, chatroom_id, reply.body, doc)
+
+
+def _parse_history(reply: _Reply) -> list[dict[str, Any]]:
+    doc = _json_or_none(reply.body)
+    data = doc.get("data") if isinstance(doc, dict) else None
+    items = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise KickBadResponse(
+            "Kick's chat history is not the expected JSON ({data: {messages: [...]}})",
+            upstream_status=reply.status,
+        )
+    return [_live_shape(item) for item in items if isinstance(item, dict)]
 
 
 def _live_shape(item: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,8 @@ def _preview(value: object) -> str:
 
 
 def _parse_id(value: object, code: str, what: str) -> int:
+    if value is None:
+        raise ClientInputError(code, f'{what} is missing (or null): give the id, e.g. "668"')
     number: int | None = None
     # bool is an int subclass: True must not become chatroom 1.
     if type(value) is int:
@@ -97,6 +99,10 @@ def parse_slug(value: object) -> str:
     """
     if isinstance(value, str) and _SLUG_RE.fullmatch(value):
         return value.lower()
+    if value is None:
+        raise ClientInputError(
+            "invalid_channel_name", 'channelName is missing (or null): give the slug, e.g. "xqc"'
+        )
     raise ClientInputError(
         "invalid_channel_name",
         f"channelName must be a Kick channel slug: 1 to {MAX_SLUG_LENGTH} ASCII letters, digits,"

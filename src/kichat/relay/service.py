@@ -16,6 +16,18 @@ do not) and ``stream_events_pending`` (chat flows; the channel lookup that strea
 had not finished when the reply was due, and they start when it does).
 
 Invalid input is refused here and never reaches Kick.
+
+Admission, per client IP (``X-Forwarded-For`` believed only from trusted proxies):
+
+* At the Engine.IO handshake (both transports): an API key presented there (``?token=``,
+  ``X-API-Key`` or ``Authorization: Bearer``) must be valid, else HTTP 401. Sessions that have
+  not joined the namespace yet are bounded per IP and in total by the Socket.IO server
+  (:mod:`kichat.sio.admission`) and end after ``connect_timeout``.
+* At the namespace CONNECT: the key, from the handshake or ``auth: {token}``, and the live
+  connection limit; refusals are CONNECT_ERROR with ``data.code`` ``unauthorized`` or
+  ``too_many_connections``, which socket.io-client and python-socketio report as is.
+* A socket waiting to be recovered does not count as live (a reloaded page must not lock its
+  user out); the Socket.IO server bounds those per IP. Recovering one counts it again.
 """
 
 from __future__ import annotations
@@ -33,11 +45,13 @@ from kichat.errors import (
     SubscriptionError,
     UpstreamError,
 )
+from kichat.http import Request
 from kichat.kick.names import parse_chatroom_id, parse_slug
 from kichat.limits import ApiKeys, ConnectionCounter, Network, RateLimiter, client_ip
 from kichat.relay.gateway import Gateway, RoomInfo
 from kichat.relay.registry import Registry, RoomKey
 from kichat.sio import Ack, ConnectRefused, Namespace, Socket
+from kichat.sio.admission import Refusal
 
 log = logging.getLogger("kichat.relay")
 
@@ -78,23 +92,40 @@ class RelayService:
         self.api_keys = api_keys or ApiKeys()
         self.trusted_proxies = tuple(trusted_proxies)
         self.stats = ServiceStats()
+        nsp.server.client_key = self.client_ip
+        nsp.server.allow_request = self._admit
         nsp.on_connect(self._connect)
         nsp.on_disconnect(self._disconnect)
+        nsp.on_detach(self._detached)
+        nsp.on_restore(self._restored)
         nsp.on("subscribe")(self._subscribe)
         nsp.on("unsubscribe")(self._unsubscribe)
 
     # -- admission -----------------------------------------------------------------------------
 
-    def _connect(self, sock: Socket, auth: dict[str, Any]) -> None:
-        if not self.api_keys.accepts(auth.get("token")):
+    def client_ip(self, request: Request) -> str:
+        return client_ip(request.peer, request.headers.get("x-forwarded-for"), self.trusted_proxies)
+
+    async def _admit(self, request: Request) -> Refusal | None:
+        """The Engine.IO handshake: a key presented there must be valid."""
+        key = handshake_key(request)
+        if key is not None and not self.api_keys.accepts(key):
             self.stats.refused_connections["unauthorized"] += 1
-            raise ConnectRefused(
-                "unauthorized",
-                {"code": "unauthorized", "message": "pass a valid API key as auth: {token}"},
-            )
-        ip = client_ip(
-            sock.peer, sock.handshake.headers.get("x-forwarded-for"), self.trusted_proxies
-        )
+            return Refusal(401, "unauthorized", dict(_UNAUTHORIZED))
+        return None
+
+    def _connect(self, sock: Socket, auth: dict[str, Any]) -> None:
+        keys = self.api_keys
+        if keys.required and not (
+            keys.accepts(auth.get("token")) or keys.accepts(handshake_key(sock.handshake))
+        ):
+            self.stats.refused_connections["unauthorized"] += 1
+            raise ConnectRefused("unauthorized", dict(_UNAUTHORIZED))
+        self._count(sock)
+
+    def _count(self, sock: Socket) -> None:
+        """Take a live connection slot for the socket's client IP, or refuse it."""
+        ip = self.client_ip(sock.handshake)
         if not self.connections.acquire(ip):
             self.stats.refused_connections["too_many_connections"] += 1
             limit = self.connections.limit
@@ -102,12 +133,21 @@ class RelayService:
                 f"too many connections from your address (limit {limit})",
                 {"code": "too_many_connections", "limit": limit},
             )
-        sock.data["ip"] = ip
+        sock.data["ip"] = ip  # present while the socket holds a slot
 
-    def _disconnect(self, sock: Socket, reason: str) -> None:
-        ip = sock.data.get("ip")
+    def _release(self, sock: Socket) -> None:
+        ip = sock.data.pop("ip", None)
         if isinstance(ip, str):
             self.connections.release(ip)
+
+    def _detached(self, sock: Socket) -> None:
+        self._release(sock)
+
+    def _restored(self, sock: Socket) -> None:
+        self._count(sock)  # from the new connection's address
+
+    def _disconnect(self, sock: Socket, reason: str) -> None:
+        self._release(sock)
         for key in self.registry.remove_all(sock.sid):
             self.gateway.release(key)
 
@@ -197,6 +237,21 @@ class RelayService:
             ack(reply)
         else:
             sock.emit("error", reply)
+
+
+_UNAUTHORIZED = {
+    "code": "unauthorized",
+    "message": "pass a valid API key as auth: {token}, ?token=, X-API-Key or Authorization: Bearer",
+}
+
+
+def handshake_key(request: Request) -> str | None:
+    """The API key a client presented with its HTTP request, if any."""
+    key = request.headers.get("x-api-key") or request.query.get("token")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _parse(args: list[Any], what: str) -> RoomKey:

@@ -30,11 +30,36 @@ def build_parser(prog: str = "kichat simulate") -> argparse.ArgumentParser:
     p.add_argument(
         "--slugs", default=None, help="comma-separated channels for --rate (default all)"
     )
-    p.add_argument("--mix", default="realistic", choices=("realistic", "chat", "uniform"))
-    p.add_argument("--activity-timeout", type=float, default=120.0, metavar="S")
-    p.add_argument("--pong-timeout", type=float, default=30.0, metavar="S")
+    p.add_argument(
+        "--mix",
+        default="realistic",
+        choices=("realistic", "chat", "uniform"),
+        help="which events --rate sends: realistic (Kick's measured mix, ~97%% chat), chat"
+        " (chat messages only) or uniform (every event type equally; default %(default)s)",
+    )
+    p.add_argument(
+        "--activity-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="the activity_timeout the Pusher handshake announces (default %(default)s s)",
+    )
+    p.add_argument(
+        "--pong-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long a client may take to answer the server's ping before it is closed"
+        " (default %(default)s s)",
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible payloads")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error", "critical"),
+        help="debug, info, warning, error or critical, any case (default %(default)s)",
+    )
     return p
 
 
@@ -71,7 +96,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         _run(serve(args))

@@ -5,49 +5,16 @@ JSON in, JSON out, one request per connection (``Connection: close``). Bodies ne
 ``{"error": "<message>", "code": "<stable code>"}``; a bench while one runs gets **409**; an
 unknown path 404; a known path with the wrong method 405.
 
-Endpoints (the benchmark runner and the demo are written against the first ones: keep them):
-
-``GET /_sim/stats``
-    ``{"connections": n, "connections_opened": n, "subscriptions": {"<channel>": n},
-    "rest_requests": {"<path>": n}, "connections_refused": n, "events_published": n,
-    "frames_sent": n, "pings_sent": n, "pongs_sent": n, "ignore_pings": bool}``
-``POST /_sim/publish`` ``{"channel": str, "event": str, "data": any}``
-    -> ``{"recipients": n}``. ``data`` is sent double-encoded; over 10 KB encoded is refused (400).
-``POST /_sim/event`` ``{"event": str, "slug": str}``
-    -> ``{"channel": str, "data": ..., "recipients": n}``: a generated payload of that event on
-    the Pusher channel Kick uses for it (short names like ``"ChatMessageEvent"`` are accepted).
-``POST /_sim/script`` ``{"slug": str, "events": [str] | null, "interval": float}``
-    -> ``{"published": [{"event", "channel", "recipients"}]}``: every event type once, in order.
-``POST /_sim/bench`` ``{"chatroom_ids": [int], "rate": float, "duration": float}``
-    -> ``{"started": true}`` at once (409 if one is running). ChatMessageEvents on
-    ``chatrooms.{id}.v2``, content ``"<seq> <publish time_ns>"``, seq per chatroom from 1.
-``GET /_sim/bench``
-    -> ``{"running": bool, "published": {"<chatroom_id>": n}, "started_at_ns": int (0 before
-    the first run), "finished_at_ns": int | null}``. ``DELETE /_sim/bench`` stops a run.
-``POST /_sim/traffic`` ``{"rate": float, "slugs": [str] | null, "mix": str}``
-    -> ``{"started": true}``: random events at ``rate``/s per channel (null: every known
-    channel); mix is "realistic" (default), "chat" or "uniform".
-    ``DELETE /_sim/traffic`` -> ``{"stopped": bool}``; ``GET`` -> ``{"running": bool}``.
-``POST /_sim/fault`` one of
-    ``{"kind": "close", "code": int, "message": str, "channel": str}`` (message, channel optional),
-    ``{"kind": "drop", "channel": str}`` (channel optional),
-    ``{"kind": "ignore_pings", "enabled": bool, "new_connections": bool}``,
-    ``{"kind": "subscribe", "pattern": str, "mode": "error"|"swallow", "count": int|null}``,
-    ``{"kind": "rest", "slug": str, "status": 403|404|500|"hang"|"delay", "count": int|null,
-    "delay": float}``,
-    ``{"kind": "refuse", "count": int, "code": int}``, ``{"kind": "clear"}``
-    -> ``{"ok": true, ...}`` (close/drop also return ``"connections": n``).
-``GET /_sim/channels``
-    -> ``{"channels": [{slug, channel_id, chatroom_id, user_id, username, live}]}``;
-``POST /_sim/channels`` ``{"slug": str, "channel_id": int, "chatroom_id": int, "live": bool}``
-    (ids optional) -> that channel.
-``POST /_sim/options`` ``{"duplicate_on_legacy_alias": bool | float}`` -> the options now in force.
+The endpoints are declared once, in :data:`ENDPOINTS` below, with their bodies and answers:
+``GET /_sim/`` lists them as JSON and the README's "Simulator control API" section shows the
+same table. The benchmark runner and the demo are written against them: keep them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import orjson
@@ -70,27 +37,90 @@ _STATUS_FOR_CODE: Final = {"bench_running": 409}
 _MISSING: Final = object()
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: str  # the ControlApi method's name
+    summary: str
+    body: str | None  # the JSON body's shape, None for no body
+    returns: str
+
+
+ENDPOINTS: Final = (
+    Endpoint("GET", "/_sim/", "_index", "This list.", None,
+             '{"endpoints": [{"method", "path", "summary", "body", "returns"}], "errors": str}'),
+    Endpoint("GET", "/_sim/stats", "_stats", "Counters of the simulator.", None,
+             '{"connections": n, "connections_opened": n, "subscriptions": {"<channel>": n}, '
+             '"rest_requests": {"<path>": n}, "connections_refused": n, "events_published": n, '
+             '"frames_sent": n, "pings_sent": n, "pongs_sent": n, "ignore_pings": bool}'),
+    Endpoint("POST", "/_sim/publish", "_publish",
+             "Send one event on a Pusher channel, data double-encoded as Kick does (over 10 KB "
+             "encoded is refused).",
+             '{"channel": str, "event": str, "data": any}', '{"recipients": n}'),
+    Endpoint("POST", "/_sim/event", "_event",
+             "Publish a generated payload of an event on the channel Kick uses for it (short "
+             'names such as "ChatMessageEvent" accepted).',
+             '{"event": str, "slug": str}', '{"channel": str, "data": any, "recipients": n}'),
+    Endpoint("POST", "/_sim/script", "_script",
+             "Publish every event type once (or the listed ones), in order.",
+             '{"slug": str, "events": [str] | null, "interval": seconds}',
+             '{"published": [{"event", "channel", "recipients"}]}'),
+    Endpoint("POST", "/_sim/bench", "_bench_start",
+             "Start a benchmark run (409 while one runs): ChatMessageEvents on "
+             'chatrooms.{id}.v2, content "<seq> <publish time_ns>", seq per chatroom from 1.',
+             '{"chatroom_ids": [int], "rate": per second, "duration": seconds}',
+             '{"started": true}'),
+    Endpoint("GET", "/_sim/bench", "_bench_status", "The benchmark run's progress.", None,
+             '{"running": bool, "published": {"<chatroom_id>": n}, "started_at_ns": int '
+             '(0 before the first run), "finished_at_ns": int | null}'),
+    Endpoint("DELETE", "/_sim/bench", "_bench_stop", "Stop a benchmark run.", None,
+             '{"stopped": bool}'),
+    Endpoint("POST", "/_sim/traffic", "_traffic_start",
+             "Random events at rate/s per channel (slugs null: every known channel).",
+             '{"rate": per second, "slugs": [str] | null, "mix": "realistic" (default) | '
+             '"chat" | "uniform"}', '{"started": true}'),
+    Endpoint("GET", "/_sim/traffic", "_traffic_status", "Whether traffic runs.", None,
+             '{"running": bool}'),
+    Endpoint("DELETE", "/_sim/traffic", "_traffic_stop", "Stop the traffic.", None,
+             '{"stopped": bool}'),
+    Endpoint("POST", "/_sim/fault", "_fault",
+             "Inject a fault (close and drop answer the number of connections hit).",
+             '{"kind": "close", "code": int, "message"?: str, "channel"?: str} | '
+             '{"kind": "drop", "channel"?: str} | '
+             '{"kind": "ignore_pings", "enabled": bool, "new_connections"?: bool} | '
+             '{"kind": "subscribe", "pattern": glob, "mode": "error" | "swallow", '
+             '"count"?: int | null} | '
+             '{"kind": "rest", "slug": str | "*", "status": 403 | 404 | 500 | "hang" | "delay", '
+             '"count"?: int | null, "delay"?: seconds} | '
+             '{"kind": "refuse", "count": int, "code"?: int} | {"kind": "clear"}',
+             '{"ok": true, "connections"?: n}'),
+    Endpoint("GET", "/_sim/channels", "_channels", "The simulated channels.", None,
+             '{"channels": [{"slug", "channel_id", "chatroom_id", "user_id", "username", '
+             '"live"}]}'),
+    Endpoint("POST", "/_sim/channels", "_add_channel", "Add a channel (ids optional).",
+             '{"slug": str, "channel_id"?: int, "chatroom_id"?: int, "live"?: bool}',
+             "the channel, as in GET /_sim/channels"),
+    Endpoint("POST", "/_sim/options", "_options",
+             "Set options: send each chatroom event on the legacy alias too (true, false or a "
+             "probability).",
+             '{"duplicate_on_legacy_alias": bool | probability}', "the options now in force"),
+)  # fmt: skip
+_ERRORS: Final = (
+    '400 {"error": message, "code": stable code} for bad JSON, unknown fields, wrong types or '
+    "values; 409 while a bench runs; 404 for an unknown path; 405 for a wrong method"
+)
+
+
 class ControlApi:
     def __init__(self, sim: KickSimulator) -> None:
         self.sim = sim
         self.routes: dict[tuple[str, str], Handler] = {
-            ("GET", "/_sim/stats"): self._stats,
-            ("POST", "/_sim/publish"): self._publish,
-            ("POST", "/_sim/event"): self._event,
-            ("POST", "/_sim/script"): self._script,
-            ("POST", "/_sim/bench"): self._bench_start,
-            ("GET", "/_sim/bench"): self._bench_status,
-            ("DELETE", "/_sim/bench"): self._bench_stop,
-            ("POST", "/_sim/traffic"): self._traffic_start,
-            ("GET", "/_sim/traffic"): self._traffic_status,
-            ("DELETE", "/_sim/traffic"): self._traffic_stop,
-            ("POST", "/_sim/fault"): self._fault,
-            ("GET", "/_sim/channels"): self._channels,
-            ("POST", "/_sim/channels"): self._add_channel,
-            ("POST", "/_sim/options"): self._options,
+            (e.method, e.path): getattr(self, e.handler) for e in ENDPOINTS
         }
 
     async def handle(self, method: str, path: str, query: str, body: bytes) -> Response:
+        path = "/_sim/" if path == "/_sim" else path
         handler = self.routes.get((method, path))
         if handler is None:
             if any(p == path for _, p in self.routes):
@@ -112,6 +142,21 @@ class ControlApi:
         return json_response(200, result)
 
     # -- endpoints -------------------------------------------------------------------------------
+
+    async def _index(self, _: Body) -> object:
+        return {
+            "endpoints": [
+                {
+                    "method": e.method,
+                    "path": e.path,
+                    "summary": e.summary,
+                    "body": e.body,
+                    "returns": e.returns,
+                }
+                for e in ENDPOINTS
+            ],
+            "errors": _ERRORS,
+        }
 
     async def _stats(self, _: Body) -> object:
         return self.sim.stats()
@@ -336,3 +381,18 @@ def _channel_json(ch: SimChannel) -> dict[str, Any]:
         "username": ch.username,
         "live": ch.livestream is not None,
     }
+
+
+def endpoints_markdown() -> str:
+    """The README's table of the control API (tests/sim/test_sim_http.py keeps them equal)."""
+
+    def cell(text: str | None) -> str:
+        return "" if text is None else "`" + text.replace("|", "\\|") + "`"
+
+    rows = ["| endpoint | what | body | answer |", "|---|---|---|---|"]
+    rows += [
+        f"| `{e.method} {e.path}` | {e.summary} | {cell(e.body)} | "
+        f"{cell(e.returns) if e.returns.startswith('{') else e.returns} |"
+        for e in ENDPOINTS
+    ]
+    return "\n".join(rows) + "\n"

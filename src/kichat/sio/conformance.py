@@ -39,6 +39,8 @@ def build(*, per_packet_writes: bool = False) -> Server:
         connect_timeout=1.0,
         cors_origins=("*",),
         recovery=False,
+        # The suite connects from one address, many sessions at a time.
+        pending_per_client=1000,
     )
     for name in ("/", "/custom"):
         nsp = sio.of(name)

@@ -10,10 +10,12 @@ A :class:`Connection` owns
   one ``write`` per connection, so frames queued in the same loop iteration share a syscall;
 * Socket.IO decoding (binary attachments included) and dispatch to namespaces.
 
-Slow consumers: the WebSocket's write buffer limit is the outbound buffer limit; passing it
-means the client does not read fast enough, and the connection is closed (reason
-``slow client``) instead of holding memory without bound. A polling client that lets its queue
-grow past the same limit is closed the same way.
+Slow consumers: what the process holds for a client (its queue and its transport's write
+buffer) never exceeds the outbound buffer limit. The transport buffers only once the kernel's
+send buffer is full (``on_pause_writing``: the client is not keeping up); from then on, a write
+that would take it past the limit cuts the client off (reason ``slow client``) instead. Until
+then nothing is counted on the write path. A polling client whose queue grows past the limit
+is closed the same way. The kernel's own send buffer comes on top: see the README.
 """
 
 from __future__ import annotations
@@ -53,10 +55,15 @@ class Connection:
 
     __slots__ = (
         "_binary",
+        "_queued_bytes",
+        "_queued_frames",
         "_timer",
+        "backlogged",
+        "client",
         "closed",
         "dirty",
         "peer",
+        "pending",
         "poll",
         "posting",
         "probe",
@@ -75,11 +82,17 @@ class Connection:
         self.sid = sid
         self.request = request
         self.peer = request.peer
+        self.client = self.peer  # the key of the client's budgets (see kichat.sio.admission)
+        self.pending = False  # no socket joined a namespace yet: counted as a pending session
         self.transport = transport
         self.ws: WebSocket | None = None
         self.probe: WebSocket | None = None  # a WebSocket being upgraded to
         self.upgrading = False  # the probe was answered; long-polls now return at once
         self.queue: list[bytes] = []
+        # Polling: how much of the queue was already counted against the limit.
+        self._queued_frames = 0
+        self._queued_bytes = 0
+        self.backlogged = False  # the transport holds bytes the kernel would not take yet
         self.dirty = False
         self.poll: asyncio.Future[None] | None = None  # the pending long-poll GET
         self.posting = False
@@ -106,32 +119,51 @@ class Connection:
         if not queue or self.closed:
             return
         if self.transport == WEBSOCKET:
-            assert self.ws is not None
+            ws = self.ws
+            assert ws is not None
             self.server.stats.writes += 1
             if len(queue) == 1:
-                self.ws.write(queue[0])
-                queue.clear()
+                data = queue[0]
             elif self.server.coalesce_writes:
-                self.ws.write(b"".join(queue))
-                queue.clear()
+                data = b"".join(queue)
             else:
                 # Conformance fixture only: one packet per write, spaced out in time.
-                self.ws.write(queue.pop(0))
+                ws.write(queue.pop(0))
                 self.dirty = True
                 asyncio.get_running_loop().call_later(
                     self.server.packet_spacing, self.server.mark_dirty, self
                 )
+                return
+            queue.clear()
+            # Counted only while the transport buffers (the kernel took everything until then).
+            if (
+                self.backlogged
+                and ws.write_buffer_size + len(data) > self.server.outbound_buffer_limit
+            ):
+                self._too_slow()
+                return
+            ws.write(data)
             return
         if self.poll is not None:
             if not self.poll.done():
                 self.poll.set_result(None)
-        elif sum(map(len, queue)) > self.server.outbound_buffer_limit:
-            self.server.stats.slow_clients += 1
-            self.close(SLOW_CLIENT)
+            return
+        # No long-poll to answer: count what was queued since the last check (each frame once,
+        # not the whole queue at every flush).
+        self._queued_bytes += sum(map(len, queue[self._queued_frames :]))
+        self._queued_frames = len(queue)
+        if self._queued_bytes > self.server.outbound_buffer_limit:
+            self._too_slow()
+
+    def _too_slow(self) -> None:
+        self.server.stats.slow_clients += 1
+        log.info("closing slow client %s (%s)", self.sid, self.peer)
+        self.close(SLOW_CLIENT)
 
     def take_payload(self) -> bytes:
         payload = engineio.frames_to_payload(self.queue)
         self.queue.clear()
+        self._queued_frames = self._queued_bytes = 0
         return payload
 
     # -- heartbeat -----------------------------------------------------------------------------
@@ -158,16 +190,20 @@ class Connection:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    def receive(self, packet: str | bytes) -> None:
-        """One Engine.IO packet from the client (text with its type digit, or binary data)."""
+    def receive(self, packet: str | bytes) -> bool:
+        """One Engine.IO packet from the client (text with its type digit, or binary data).
+        False if it broke the protocol: the connection is then closed."""
         if self.closed:
-            return
+            return True
         try:
             self._receive(packet)
         except ParseError as exc:
+            # One line, bounded: error messages quote at most a few characters of the packet.
             log.info("closing %s (%s): %s", self.sid, self.peer, exc)
             self.server.stats.parse_errors += 1
             self.close(PARSE_ERROR)
+            return False
+        return True
 
     def _receive(self, packet: str | bytes) -> None:
         if isinstance(packet, bytes):
@@ -190,6 +226,7 @@ class Connection:
         if self._binary is not None:
             raise ParseError("text packet while binary attachments were expected")
         packet = parser.decode(text)
+        packet.size = len(text)
         if packet.attachments:
             self._binary = packet
             return
@@ -202,6 +239,10 @@ class Connection:
         if packet is None:
             raise ParseError("binary data without a binary packet")
         packet.buffers.append(data)
+        packet.size += len(data)
+        if packet.size > self.server.max_payload:
+            # maxPayload bounds a packet, whatever number of messages it comes in.
+            raise ParseError("binary packet larger than maxPayload")
         if len(packet.buffers) < packet.attachments:
             return
         self._binary = None
@@ -220,14 +261,20 @@ class Connection:
                        transport_gone=True)  # fmt: skip
 
     def on_pause_writing(self) -> None:
-        # The transport holds more than the outbound limit: the client is not reading.
-        if not self.closed:
-            self.server.stats.slow_clients += 1
-            log.info("closing slow client %s (%s)", self.sid, self.peer)
-            asyncio.get_running_loop().call_soon(self.close, SLOW_CLIENT)
+        # The kernel's send buffer is full and the transport keeps the rest (its high-water
+        # mark is 0): from now on, flush counts what it holds against the limit.
+        self.backlogged = True
+        ws = self.ws
+        if ws is not None and ws.write_buffer_size > self.server.outbound_buffer_limit:
+            # One write bigger than the limit on its own: we are inside that write.
+            asyncio.get_running_loop().call_soon(self._too_slow_unless_closed)
 
     def on_resume_writing(self) -> None:
-        pass
+        self.backlogged = False  # everything reached the kernel again
+
+    def _too_slow_unless_closed(self) -> None:
+        if not self.closed:
+            self._too_slow()
 
     # -- upgrade -------------------------------------------------------------------------------
 
@@ -237,6 +284,7 @@ class Connection:
         self.upgrading = False
         self.ws = sock
         self.transport = WEBSOCKET
+        self.backlogged = sock.write_buffer_size > 0
         sock.handler = self
         self.server.stats.upgrades += 1
         if self.poll is not None and not self.poll.done():
@@ -263,6 +311,8 @@ class Connection:
                 code = websocket.CLOSE_GOING_AWAY if reason == SERVER_SHUTDOWN else 1000
                 if reason == SLOW_CLIENT:
                     self.ws.abort()  # its buffers are full: a close frame would queue behind them
+                elif reason == PARSE_ERROR:
+                    self.ws.close(websocket.CLOSE_PROTOCOL_ERROR, PARSE_ERROR)
                 else:
                     self.ws.close(code)
         elif self.poll is not None and not self.poll.done():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -109,3 +110,46 @@ def frames_to_payload(frames: list[bytes]) -> bytes:
             else:
                 parts.append(payload)
     return SEPARATOR.join(parts)
+
+
+# -- the client side ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenInfo:
+    """What a server's OPEN packet tells a client (times in seconds)."""
+
+    sid: str
+    upgrades: tuple[str, ...]
+    ping_interval: float
+    ping_timeout: float
+    max_payload: int
+
+
+def parse_open(packet: str) -> OpenInfo:
+    """Decode a server's OPEN packet (``0{"sid":...,"pingInterval":...}``); :class:`ParseError`
+    if it is not one or misses what a client needs to keep the session alive."""
+    if packet[:1] != OPEN:
+        raise ParseError(f"expected an Engine.IO OPEN packet, got type {packet[:1]!r}")
+    try:
+        body = orjson.loads(packet[1:])
+    except orjson.JSONDecodeError:
+        raise ParseError("OPEN packet is not JSON") from None
+    if not isinstance(body, dict):
+        raise ParseError("OPEN packet is not a JSON object")
+    sid = body.get("sid")
+    interval = body.get("pingInterval")
+    timeout = body.get("pingTimeout")
+    upgrades = body.get("upgrades", [])
+    max_payload = body.get("maxPayload", 1_000_000)
+    if not isinstance(sid, str) or not sid:
+        raise ParseError("OPEN packet has no sid")
+    for name, value in (("pingInterval", interval), ("pingTimeout", timeout)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ParseError(f"OPEN packet has no valid {name}")
+    if not isinstance(upgrades, list) or not all(isinstance(u, str) for u in upgrades):
+        raise ParseError("OPEN packet has invalid upgrades")
+    if not isinstance(max_payload, int) or isinstance(max_payload, bool) or max_payload <= 0:
+        raise ParseError("OPEN packet has an invalid maxPayload")
+    assert isinstance(interval, int | float) and isinstance(timeout, int | float)
+    return OpenInfo(sid, tuple(upgrades), interval / 1000, timeout / 1000, max_payload)

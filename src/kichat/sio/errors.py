@@ -5,8 +5,10 @@
     SioError
     ├── ParseError          a client sent a packet that breaks Engine.IO or Socket.IO rules;
     │                       the connection that sent it is closed, nothing else is affected
-    └── ConnectRefused      raised by a namespace's connect handler to refuse a client;
-                            the client receives CONNECT_ERROR {"message", "data"}
+    ├── ConnectRefused      raised by a namespace's connect handler to refuse a client;
+    │                       the client receives CONNECT_ERROR {"message", "data"}
+    └── EncodeError         data the application sends cannot be written as a packet
+                            (also a ValueError)
 """
 
 from __future__ import annotations
@@ -29,3 +31,8 @@ class ConnectRefused(SioError):
         self.message = message
         self.data = data
         super().__init__(message)
+
+
+class EncodeError(SioError, ValueError):
+    """Data given to ``emit`` or an acknowledgement cannot be written as a packet (nested too
+    deeply, or containing itself)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,9 +29,11 @@ log = logging.getLogger("kichat.sio")
 CLIENT_DISCONNECT: Final = "client namespace disconnect"
 SERVER_DISCONNECT: Final = "server namespace disconnect"
 EVENT_OVERFLOW: Final = "too many pending events"
+_OFFSET: Final = re.compile("[0-9]{1,18}")  # what we send; anything else is not ours
 
 ConnectHandler = Callable[["Socket", dict[str, Any]], Awaitable[None] | None]
 DisconnectHandler = Callable[["Socket", str], Awaitable[None] | None]
+TransportHandler = Callable[["Socket"], None]
 EventHandler = Callable[["Socket", list[Any], "Ack | None"], Awaitable[None] | None]
 
 
@@ -77,9 +80,11 @@ class Socket:
         "_acks",
         "_busy",
         "_inbox",
+        "_inbox_bytes",
         "_pending",
         "auth",
         "base_offset",
+        "client",
         "conn",
         "connected",
         "data",
@@ -101,6 +106,7 @@ class Socket:
         self.pid: str | None = new_id() if offsets else None
         self.auth = auth
         self.handshake: Request = conn.request
+        self.client = conn.client  # whose budgets a detached socket counts against
         self.conn: Connection | None = None  # set once connected: broadcasts skip it until then
         self.connected = False
         self.recovered = False
@@ -111,7 +117,8 @@ class Socket:
         self.disconnect_reason = ""
         self._acks: dict[int, Callable[..., Any]] = {}
         self._ack_id = 0
-        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...]]] | None = None
+        self._inbox: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] | None = None
+        self._inbox_bytes = 0  # what the client sent for the events in the inbox
         self._busy = False
         self._pending: list[bytes] | None = []  # sent before the CONNECT reply went out
 
@@ -169,18 +176,26 @@ class Socket:
 
     # -- handler scheduling: one at a time, in order -------------------------------------------
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, fn: Callable[..., Any], *args: Any, size: int = 0) -> None:
+        """Run ``fn(*args)`` now, or after the handler still running; ``size`` is what the
+        client sent for it. Waiting events are bounded in number and in bytes (one packet's
+        maxPayload), so a client cannot pile up memory behind a slow handler."""
         if self._busy:
+            server = self.nsp.server
             inbox = self._inbox
             if inbox is None:
                 inbox = self._inbox = deque()
-            if len(inbox) >= self.nsp.server.max_pending_events:
+            if (
+                len(inbox) >= server.max_pending_events
+                or self._inbox_bytes + size > server.max_payload
+            ):
                 conn = self.conn
                 log.info("closing %s (%s): %s", self.sid, self.peer, EVENT_OVERFLOW)
                 if conn is not None:
                     conn.close(FORCED_CLOSE)
                 return
-            inbox.append((fn, args))
+            inbox.append((fn, args, size))
+            self._inbox_bytes += size
             return
         self._execute(fn, args)
 
@@ -204,7 +219,8 @@ class Socket:
             log.error("handler failed for socket %s", self.sid, exc_info=task.exception())
         inbox = self._inbox
         while inbox and not self._busy:
-            fn, args = inbox.popleft()
+            fn, args, size = inbox.popleft()
+            self._inbox_bytes -= size
             self._execute(fn, args)
 
 
@@ -218,6 +234,8 @@ class Namespace:
         self._prefix = parser.nsp_prefix(name)
         self._connect_handler: ConnectHandler | None = None
         self._disconnect_handler: DisconnectHandler | None = None
+        self._detach_handler: TransportHandler | None = None
+        self._restore_handler: TransportHandler | None = None
         self._handlers: dict[str, EventHandler] = {}
 
     # -- registration --------------------------------------------------------------------------
@@ -228,6 +246,18 @@ class Namespace:
 
     def on_disconnect(self, fn: DisconnectHandler) -> DisconnectHandler:
         self._disconnect_handler = fn
+        return fn
+
+    def on_detach(self, fn: TransportHandler) -> TransportHandler:
+        """``fn(sock)`` when a socket loses its transport and waits to be recovered."""
+        self._detach_handler = fn
+        return fn
+
+    def on_restore(self, fn: TransportHandler) -> TransportHandler:
+        """``fn(sock)`` when a detached socket is about to be recovered, ``sock.handshake``
+        already the new connection's request; raising ConnectRefused refuses the recovery (the
+        socket then ends and the client receives CONNECT_ERROR)."""
+        self._restore_handler = fn
         return fn
 
     def on(self, event: str) -> Callable[[EventHandler], EventHandler]:
@@ -331,24 +361,33 @@ class Namespace:
         """Reattach a detached socket; False if its missed packets are no longer all kept."""
         server = self.server
         after = sock.base_offset
-        if isinstance(offset, str) and offset.isdigit():
+        if isinstance(offset, str) and _OFFSET.fullmatch(offset):
             after = int(offset)
         rooms = dict(sock.rooms)
         rooms[""] = sock.base_offset  # namespace-wide broadcasts
         missed = self.log.missed(rooms, after)
-        assert sock.pid is not None
-        del server.detached[sock.pid]
+        server.undetach(sock)
         if missed is None:
             server.stats.recovery_failed += 1
             self._finalize(sock, sock.disconnect_reason or TRANSPORT_CLOSE)
             return False
+        sock.handshake = conn.request
+        sock.client = conn.client
+        if self._restore_handler is not None:
+            try:
+                self._restore_handler(sock)
+            except ConnectRefused as exc:
+                server.stats.recovery_failed += 1
+                self._finalize(sock, sock.disconnect_reason or TRANSPORT_CLOSE)
+                conn.send(self._refusal(exc))
+                return True
         server.stats.recovered += 1
         sock.recovered = True
         sock.detached_at = None
-        sock.handshake = conn.request
         conn.sockets[self.name] = sock
         self.sockets[sock.sid] = sock
         sock.conn = conn
+        server.joined(conn)
         conn.send(self._connect_reply(sock))
         for frame in missed:
             conn.send(frame)
@@ -389,6 +428,7 @@ class Namespace:
         sock.connected = True
         sock.conn = conn
         self.sockets[sock.sid] = sock
+        self.server.joined(conn)
         conn.send(self._connect_reply(sock))
         pending, sock._pending = sock._pending, None
         for frames in pending or ():
@@ -404,10 +444,13 @@ class Namespace:
         conn.sockets.pop(self.name, None)
         for room in list(sock.rooms):
             self._leave(sock, room)
+        conn.send(self._refusal(exc))
+
+    def _refusal(self, exc: ConnectRefused) -> bytes:
         payload: dict[str, Any] = {"message": exc.message}
         if exc.data is not None:
             payload["data"] = exc.data
-        conn.send(engineio.message_frame(b"4" + self._prefix + parser.dumps(payload)))
+        return engineio.message_frame(b"4" + self._prefix + parser.dumps(payload))
 
     def _detach(self, sock: Socket, reason: str, now: float) -> None:
         """The transport is gone but the client may come back: keep rooms, stop sending."""
@@ -415,20 +458,28 @@ class Namespace:
         sock.detached_at = now
         sock.disconnect_reason = reason
         self.sockets.pop(sock.sid, None)
-        assert sock.pid is not None
-        self.server.detached[sock.pid] = sock
+        if self._detach_handler is not None:
+            try:
+                self._detach_handler(sock)
+            except Exception:
+                self.server.stats.handler_errors += 1
+                log.exception("detach handler failed for socket %s", sock.sid)
+        self.server.detach(sock)
 
     def _finalize(self, sock: Socket, reason: str) -> None:
         """The socket is gone for good: leave rooms, tell the application once."""
         was_connected = sock.connected
         sock.connected = False
-        if sock.conn is not None:
-            sock.conn.sockets.pop(self.name, None)
+        conn = sock.conn
+        if conn is not None:
+            conn.sockets.pop(self.name, None)
         sock.conn = None
         sock._inbox = None
+        sock._inbox_bytes = 0
         self.sockets.pop(sock.sid, None)
-        if sock.pid is not None:
-            self.server.detached.pop(sock.pid, None)
+        self.server.undetach(sock)
+        if conn is not None:
+            self.server.left(conn)
         for room in list(sock.rooms):
             self._leave(sock, room)
         self.server.stats.disconnects[reason] += 1
@@ -454,11 +505,11 @@ class Namespace:
                     Ack(sock, packet.id)()  # an unknown event still gets its (empty) ack
                 return
             ack = Ack(sock, packet.id) if packet.id is not None else None
-            sock._submit(handler, sock, args[1:], ack)
+            sock._submit(handler, sock, args[1:], ack, size=packet.size)
         elif packet.type == parser.ACK:
             callback = sock._acks.pop(packet.id, None) if packet.id is not None else None
             if callback is not None:
-                sock._submit(callback, *packet.data)
+                sock._submit(callback, *packet.data, size=packet.size)
         elif packet.type == parser.DISCONNECT:
             self._finalize(sock, CLIENT_DISCONNECT)
         else:

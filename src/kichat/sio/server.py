@@ -33,6 +33,9 @@ Design points:
   out with ``auth: {"recovery": false}``: it then gets no ``pid`` and no offsets, which suits
   clients (python-socketio's) that pass every argument to handlers and do not recover anyway.
 * Event handlers of one socket run one at a time, in arrival order, even when they are async.
+* **Admission at the handshake.** ``allow_request`` (the application's check, e.g. API keys)
+  and per-client budgets (see :mod:`kichat.sio.admission`) decide before an Engine.IO session
+  exists; a session that never joins a namespace ends after ``connect_timeout``.
 
 This module holds the server (HTTP entry, Engine.IO sessions, the flusher, dispatch);
 :mod:`kichat.sio.namespace` holds namespaces, sockets, rooms and the broadcast itself.
@@ -51,8 +54,10 @@ from typing import Any, Final
 from kichat.http import Request, Response, WebSocket, WebSocketUpgrade
 from kichat.http import websocket as ws
 from kichat.sio import engineio, parser
+from kichat.sio.admission import Budgets, ClientKey, Refusal, peer_address
 from kichat.sio.connection import (
     CONNECT_TIMEOUT,
+    FORCED_CLOSE,
     POLLING,
     RECOVERABLE,
     SERVER_SHUTDOWN,
@@ -66,7 +71,7 @@ from kichat.sio.namespace import Namespace, Socket, new_id
 
 log = logging.getLogger("kichat.sio")
 
-AllowRequest = Callable[[Request], Awaitable[str | None]]
+AllowRequest = Callable[[Request], Awaitable[Refusal | None]]
 
 _INVALID_NAMESPACE: Final = b'{"message":"Invalid namespace"}'
 
@@ -88,6 +93,8 @@ class Stats:
     recovered: int = 0
     recovery_failed: int = 0
     handler_errors: int = 0
+    detached_evicted: int = 0  # detached sockets ended early: their client had too many
+    refused_handshakes: Counter[str] = field(default_factory=Counter)  # by refusal code
     disconnects: Counter[str] = field(default_factory=Counter)
 
 
@@ -130,12 +137,12 @@ class _Probe:
 
 
 class _Refused:
-    """Closes a WebSocket that may not join an existing session."""
+    """Closes a WebSocket that may not carry a session."""
 
     __slots__ = ()
 
-    def __init__(self, sock: WebSocket) -> None:
-        sock.close(ws.CLOSE_POLICY_VIOLATION, "session already upgraded")
+    def __init__(self, sock: WebSocket, reason: str = "session already upgraded") -> None:
+        sock.close(ws.CLOSE_POLICY_VIOLATION, reason)
 
     def on_message(self, data: str | bytes) -> None:
         pass
@@ -169,6 +176,10 @@ class Server:
         flush_interval: float = 0.0,
         max_pending_events: int = 64,
         allow_request: AllowRequest | None = None,
+        client_key: ClientKey = peer_address,
+        pending_per_client: int = 10,
+        max_pending: int = 10_000,
+        detached_per_client: int = 10,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -188,7 +199,15 @@ class Server:
         # meanwhile (other rooms' broadcasts) leave in the same burst of writes. 0: next loop turn.
         self.flush_interval = flush_interval
         self.max_pending_events = max_pending_events
+        # Admission at the Engine.IO handshake (both transports): the application's check,
+        # then the budgets of the client ``client_key`` names (see kichat.sio.admission).
         self.allow_request = allow_request
+        self.client_key = client_key
+        self.budgets = Budgets(
+            pending_per_client=pending_per_client,
+            max_pending=max_pending,
+            detached_per_client=detached_per_client,
+        )
         self.stats = Stats()
         self.sessions: dict[str, Connection] = {}
         self.detached: dict[str, Socket] = {}
@@ -273,9 +292,6 @@ class Server:
 
     def dispatch(self, conn: Connection, packet: parser.Packet) -> None:
         if packet.type == parser.CONNECT:
-            timer = self._connect_timers.pop(conn, None)
-            if timer is not None:
-                timer.cancel()
             nsp = self.namespaces.get(packet.nsp)
             if nsp is None:
                 prefix = parser.nsp_prefix(packet.nsp)
@@ -286,8 +302,49 @@ class Server:
             return
         sock = conn.sockets.get(packet.nsp)
         if sock is None:
-            raise ParseError(f"packet for namespace {packet.nsp!r} before connecting to it")
+            raise ParseError(f"packet for namespace {packet.nsp[:40]!r} before connecting to it")
         sock.nsp._packet(sock, packet)
+
+    # -- sessions: pending until a socket joins, and back when the last one leaves -----------
+
+    def joined(self, conn: Connection) -> None:
+        """A socket was accepted on ``conn``: it is no longer a pending session."""
+        if conn.pending:
+            conn.pending = False
+            self.budgets.remove_pending(conn.client)
+            timer = self._connect_timers.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
+
+    def left(self, conn: Connection) -> None:
+        """The last socket of an open ``conn`` left its namespace: the session is pending
+        again, bounded and timed like a new one (closed if its client has no room for it)."""
+        if conn.closed or conn.sockets or conn.pending:
+            return
+        if self.budgets.check_pending(conn.client) is not None:
+            conn.close(FORCED_CLOSE)
+            return
+        self._pend(conn)
+
+    def _pend(self, conn: Connection) -> None:
+        conn.pending = True
+        self.budgets.add_pending(conn.client)
+        self._connect_timers[conn] = asyncio.get_running_loop().call_later(
+            self.connect_timeout, self._connect_timed_out, conn
+        )
+
+    def detach(self, sock: Socket) -> None:
+        """Keep ``sock`` (its transport dropped) for recovery, within its client's budget:
+        past it, the client's oldest detached socket ends."""
+        assert sock.pid is not None
+        self.detached[sock.pid] = sock
+        for old in self.budgets.add_detached(sock.client, sock):
+            self.stats.detached_evicted += 1
+            old.nsp._finalize(old, old.disconnect_reason)
+
+    def undetach(self, sock: Socket) -> None:
+        if sock.pid is not None and self.detached.pop(sock.pid, None) is sock:
+            self.budgets.remove_detached(sock.client, sock)
 
     def connection_closed(self, conn: Connection, reason: str) -> None:
         """Called once by a connection as it closes: detach or end its sockets."""
@@ -295,6 +352,9 @@ class Server:
         timer = self._connect_timers.pop(conn, None)
         if timer is not None:
             timer.cancel()
+        if conn.pending:
+            conn.pending = False
+            self.budgets.remove_pending(conn.client)
         now = time.monotonic()
         recoverable = self.recovery and reason in RECOVERABLE
         for sock in list(conn.sockets.values()):
@@ -330,10 +390,11 @@ class Server:
         if sid is None:
             if request.method != "GET":
                 return _eio_error(engineio.BAD_HANDSHAKE_METHOD, cors)
-            refusal = await self._refusal(request)
+            key = self.client_key(request)
+            refusal = await self._admit(request, key)
             if refusal is not None:
-                return _eio_error(engineio.FORBIDDEN, cors, status=403, message=refusal)
-            conn = self._open(request, POLLING)
+                return self._refused(refusal, cors)
+            conn = self._open(request, POLLING, key)
             body = self._open_packet(conn, ["websocket"])
             return Response(200, body, _text_headers(cors))
         conn_or_none = self.sessions.get(sid)
@@ -352,12 +413,16 @@ class Server:
     ) -> Response | WebSocketUpgrade:
         if "websocket" not in request.headers.get("upgrade", "").lower():
             return _eio_error(engineio.BAD_REQUEST, cors)
-        limits = {"max_message_size": self.max_payload, "write_limit": self.outbound_buffer_limit}
+        # High-water mark 0: the connection hears as soon as the transport starts buffering,
+        # and from then on counts that buffer against outbound_buffer_limit itself.
+        limits = {"max_message_size": self.max_payload, "write_limit": 0}
         if sid is None:
-            refusal = await self._refusal(request)
+            key = self.client_key(request)
+            refusal = await self._admit(request, key)
             if refusal is not None:
-                return _eio_error(engineio.FORBIDDEN, cors, status=403, message=refusal)
-            return WebSocketUpgrade(lambda sock: self._open_websocket(sock, request), **limits)
+                return self._refused(refusal, cors)
+            # The session is opened (and counted) once the upgrade succeeds.
+            return WebSocketUpgrade(lambda sock: self._open_websocket(sock, request, key), **limits)
         conn = self.sessions.get(sid)
         if conn is None:
             return _eio_error(engineio.UNKNOWN_SID, cors)
@@ -367,26 +432,38 @@ class Server:
             return WebSocketUpgrade(_Refused, **limits)
         return WebSocketUpgrade(lambda sock: _Probe(conn, sock), **limits)
 
-    async def _refusal(self, request: Request) -> str | None:
-        if self.allow_request is None:
-            return None
-        return await self.allow_request(request)
+    async def _admit(self, request: Request, key: str) -> Refusal | None:
+        """Admission of a new Engine.IO session: the application's check, then the budgets
+        (checked last: nothing awaits between them and the session being counted)."""
+        refusal = None
+        if self.allow_request is not None:
+            refusal = await self.allow_request(request)
+        if refusal is None:
+            refusal = self.budgets.check_pending(key)
+        if refusal is not None:
+            code = refusal.data.get("code") if refusal.data else None
+            self.stats.refused_handshakes[code if isinstance(code, str) else "refused"] += 1
+        return refusal
 
-    def _open(self, request: Request, transport: str) -> Connection:
+    def _refused(self, refusal: Refusal, cors: list[tuple[str, str]] | None) -> Response:
+        body: dict[str, Any] = {"code": engineio.FORBIDDEN[0], "message": refusal.message}
+        if refusal.data is not None:
+            body["data"] = refusal.data
+        return Response.json(body, refusal.status, cors or [])
+
+    def _open(self, request: Request, transport: str, key: str) -> Connection:
         sid = new_id()
         conn = Connection(self, sid, request, transport)
+        conn.client = key
         self.sessions[sid] = conn
         self.stats.handshakes += 1
         conn.schedule_ping()
-        loop = asyncio.get_running_loop()
-        self._connect_timers[conn] = loop.call_later(
-            self.connect_timeout, self._connect_timed_out, conn
-        )
+        self._pend(conn)
         return conn
 
     def _connect_timed_out(self, conn: Connection) -> None:
         self._connect_timers.pop(conn, None)
-        if not conn.sockets and not conn.closed:
+        if conn.pending and not conn.closed:
             self.stats.connect_timeouts += 1
             conn.close(CONNECT_TIMEOUT)
 
@@ -399,8 +476,11 @@ class Server:
             self.max_payload,
         )
 
-    def _open_websocket(self, sock: WebSocket, request: Request) -> Connection:
-        conn = self._open(request, WEBSOCKET)
+    def _open_websocket(self, sock: WebSocket, request: Request, key: str) -> Connection | _Refused:
+        if self.budgets.check_pending(key) is not None:
+            # Other handshakes took the last places while this upgrade was completing.
+            return _Refused(sock, "too many connections in progress")
+        conn = self._open(request, WEBSOCKET, key)
         conn.ws = sock
         sock.write(ws.text_frame(self._open_packet(conn, [])))
         return conn
@@ -438,7 +518,8 @@ class Server:
             conn.close(TRANSPORT_ERROR)
             return _eio_error(engineio.BAD_REQUEST, cors)
         for packet in packets:
-            conn.receive(packet)
+            if not conn.receive(packet):
+                return _eio_error(engineio.BAD_REQUEST, cors)
             if conn.closed:
                 break
         return Response(200, b"ok", _text_headers(cors))
@@ -474,6 +555,7 @@ class Server:
             "connections_by_transport": dict(by_transport),
             "sockets": sum(len(n.sockets) for n in self.namespaces.values()),
             "detached_sockets": len(self.detached),
+            "pending_connections": self.budgets.total_pending,
             "rooms": sum(len(n.rooms) for n in self.namespaces.values()),
             "recovery_log_bytes": sum(n.log.bytes for n in self.namespaces.values()),
         }

@@ -1,7 +1,8 @@
 """Everything a request goes through before its handler, on the gateway's one port.
 
 Order: Socket.IO requests go straight to the Socket.IO server (it applies its own CORS and
-Engine.IO rules). Other requests are routed; CORS preflights are answered; routes marked
+Engine.IO rules), except the client script (``/socket.io/socket.io.js``), a route like the
+pages. Other requests are routed; CORS preflights are answered; routes marked
 ``limited`` (the REST API) then pass the per-IP rate limit (429 with ``Retry-After``) and, when
 API keys are configured, the key check (401); health and metrics endpoints are not limited so
 probes and scrapers always get through. Every response is counted by route name and status.
@@ -42,7 +43,9 @@ class Frontend:
 
     async def __call__(self, request: Request) -> Result:
         for prefix, handler in self.router.prefixes:
-            if request.path.startswith(prefix) or request.path + "/" == prefix:
+            if (
+                request.path.startswith(prefix) or request.path + "/" == prefix
+            ) and request.path not in self.router.carved:
                 return await handler(request)
         cors = self._cors(request.headers.get("origin"))
         route, params, path_exists = self.router.match(

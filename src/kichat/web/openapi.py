@@ -181,7 +181,7 @@ _OK_SCHEMAS: Final[dict[str, dict[str, Any] | None]] = {
 def document(routes: Sequence[Route], settings: Settings) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        if not route.public:
+        if not (route.public and route.openapi):
             continue
         operation: dict[str, Any] = {
             "operationId": route.name,

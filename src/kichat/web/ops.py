@@ -8,11 +8,13 @@ event loop is lagging, or the gateway is shutting down.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from kichat import __version__
 from kichat.http import Request, Response
 from kichat.web import openapi
 from kichat.web.router import Route, Router
@@ -27,6 +29,7 @@ class Ops:
     def __init__(self, app: App, metrics: CollectorRegistry) -> None:
         self.app = app
         self.metrics = metrics
+        self.started = time.monotonic()
 
     def install(self, router: Router) -> None:
         ops = "operations"
@@ -73,6 +76,8 @@ class Ops:
         pool = app.pool.status()
         gw = app.gateway
         return {
+            "version": __version__,
+            "uptime_seconds": round(time.monotonic() - self.started, 1),
             "clients": app.sio.snapshot(),
             "sio": {k: v for k, v in vars(app.sio.stats).items() if k != "disconnects"}
             | {"disconnects": dict(app.sio.stats.disconnects)},

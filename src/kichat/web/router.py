@@ -26,7 +26,8 @@ class Route:
     summary: str = ""
     category: str = ""
     limited: bool = True  # per-IP REST rate limit and API keys apply
-    public: bool = True  # listed by /routes and /openapi.json
+    public: bool = True  # listed by /routes (and /openapi.json, when ``openapi``)
+    openapi: bool = True  # an API endpoint; pages and scripts are listed by /routes only
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -37,13 +38,26 @@ class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
         self.prefixes: list[tuple[str, Callable[[Request], Awaitable[Result]]]] = []
+        # Literal route paths inside a mounted prefix (the Socket.IO client script at
+        # /socket.io/socket.io.js): routed as routes, not handed to the mount.
+        self.carved: frozenset[str] = frozenset()
 
     def add(self, route: Route) -> None:
         self.routes.append(route)
+        self._carve()
 
     def mount(self, prefix: str, handler: Callable[[Request], Awaitable[Result]]) -> None:
-        """Send every request whose path starts with ``prefix`` to ``handler`` as is."""
+        """Send every request whose path starts with ``prefix`` to ``handler`` as is, but for
+        the literal routes added under it."""
         self.prefixes.append((prefix, handler))
+        self._carve()
+
+    def _carve(self) -> None:
+        self.carved = frozenset(
+            r.pattern
+            for r in self.routes
+            if "{" not in r.pattern and any(r.pattern.startswith(p) for p, _ in self.prefixes)
+        )
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], bool]:
         """(route, params, path_exists): a known path with another method gives 405."""

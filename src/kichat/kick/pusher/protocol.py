@@ -221,7 +221,7 @@ class PusherClientProtocol:
         if not event.startswith(_CONTROL_PREFIXES):
             channel = frame.get("channel")
             if type(channel) is not str:
-                raise PusherProtocolError(f"event {event!r} has no string 'channel'")
+                raise PusherProtocolError(f"event {event[:60]!r} has no string 'channel'")
             return [ChannelEvent(channel, event, frame.get("data"))]
         return self._receive_control(event, frame)
 
