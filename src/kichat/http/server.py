@@ -7,9 +7,11 @@ aiohttp, and a broadcast writes bytes straight to each transport. HTTP here serv
 health checks and Engine.IO long-polling: a handful of requests per second per client.
 
 What it does: HTTP/1.1 with keep-alive and pipelining (one request handled at a time per
-connection, in order), ``Expect: 100-continue``, limits on header and body sizes, a timeout
-for reading a request and for idle keep-alive connections, cancellation of the handler when the
-client goes away, and the RFC 6455 upgrade to :class:`WebSocket`.
+connection, in order, and flow control: see :class:`HttpProtocol`), ``Expect: 100-continue``,
+limits on header and body sizes enforced as bytes arrive (:mod:`kichat.http.request`), a
+deadline for each request, a timeout for idle keep-alive connections and for clients that do
+not read their answers, cancellation of the handler when the client goes away, and the
+RFC 6455 upgrade to :class:`~kichat.http.wsconn.WebSocket`.
 
 The application is one coroutine function ``handler(request) -> Response | WebSocketUpgrade``.
 """
