@@ -7,6 +7,7 @@
 #   make assets   socket.io-client for the gateway's overlay page (npm ci, not committed)
 #   make bench    the fan-out benchmark, project and Node.js peer side by side (see bench/)
 #   make conformance SUITE=<dir>   the official Socket.IO protocol suite against our fixture
+#   make autobahn  Autobahn|Testsuite (WebSocket conformance) against kichat.http (needs Python 2.7)
 #
 # Everything installs into .venv (Python: kichat and its runtime dependencies for demo and serve,
 # the test tools too for test), src/kichat/web/assets/node_modules (socket.io-client, served at
@@ -23,7 +24,7 @@ EXAMPLE_STAMPS := examples/node-esm/node_modules/.kichat-installed examples/node
 ASSETS := src/kichat/web/assets
 ASSETS_STAMP := $(ASSETS)/node_modules/.kichat-installed
 
-.PHONY: demo serve assets test lint typecheck pytest bench bench-results conformance clean
+.PHONY: demo serve assets test lint typecheck pytest bench bench-results conformance autobahn clean
 
 # What demo and serve need: kichat and its runtime dependencies only.
 $(RUNTIME_STAMP): pyproject.toml
@@ -88,6 +89,13 @@ conformance: $(STAMP)
 	$(PY) -m kichat.sio.conformance --port 3000 $(FIXTURE_ARGS) & pid=$$!; \
 	  sleep 1; (cd "$(SUITE)" && npx mocha test-suite.js); status=$$?; kill $$pid; exit $$status
 
+# Not part of `make test`: the suite needs Python 2.7 (tests/autobahn/run.py says how it finds
+# one and installs the suite into tests/autobahn/.venv27). ARGS=--write-results updates
+# tests/autobahn/RESULTS.md.
+autobahn: $(STAMP)
+	$(PY) tests/autobahn/run.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) tests/js/node_modules $(ASSETS)/node_modules examples/node-*/node_modules \
-	  bench/build bench/out .mypy_cache .ruff_cache .pytest_cache
+	  bench/build bench/out .mypy_cache .ruff_cache .pytest_cache tests/autobahn/.venv27 \
+	  tests/autobahn/reports

@@ -335,6 +335,7 @@ BAD_VALUES = [
     ("server.trusted_proxies", ("proxy.local",), "not an IP address or CIDR"),
     ("server.shutdown_timeout", -1.0, "between 0 and 3600"),
     ("server.socket_send_buffer", -1, "between 0 and"),
+    ("server.memory_trim_interval", -1.0, "between 0 and 3600"),
     ("relay.stream_lookup_wait", 61, "between 0 and 60"),
     ("socketio.flush_interval", 2, "between 0 and 1"),
     ("server.shutdown_timeout", "soon", "expected a number"),

@@ -31,6 +31,7 @@ from kichat.http import HttpServer
 from kichat.kick.api import KickApi
 from kichat.kick.pusher import Backoff, PusherPool
 from kichat.limits import ApiKeys, parse_networks
+from kichat.memtrim import MemoryTrimmer
 from kichat.observability import GatewayCollector, LoopLagMonitor, WebStats
 from kichat.relay import Gateway, Registry, RelayService
 from kichat.relay.feeds import Feeds
@@ -168,6 +169,7 @@ class App:
             max_body_size=max(s.socketio.max_payload + 1024, _MIN_BODY),
             send_buffer_size=s.server.socket_send_buffer or None,
         )
+        self.trimmer = MemoryTrimmer(s.server.memory_trim_interval)
 
     # The glue points of the hot path, kept as plain methods (one call each per event).
     def _upstream_event(self, channel: str, event: str, data: object) -> None:
@@ -207,6 +209,7 @@ class App:
                 os.unlink(path)  # left by this worker's previous life
             self._internal = await self.http.start_unix(path)
         await self.http.serve()
+        self.trimmer.start()
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
             self.settings.server.host, self.port, self.settings.socketio.path,
@@ -237,6 +240,7 @@ class App:
         await self.http.close(grace_period=grace)
         await self.kick.aclose()
         self.loop_lag.stop()
+        self.trimmer.stop()
         log.info("stopped")
 
     async def __aenter__(self) -> App:

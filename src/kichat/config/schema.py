@@ -81,6 +81,12 @@ class ServerSettings:
         unit="bytes",
         check=between(0, 64 * MIB),
     )
+    memory_trim_interval: float = option(
+        10.0,
+        "How often to check whether freed memory should go back to the OS (glibc's"
+        " malloc_trim, after bursts such as cut-off clients); 0 never does.",
+        check=between(0, 3600),
+    )
     use_uvloop: bool = option(True, "Use uvloop's event loop when it is installed.")
     workers: str = option(
         "1",

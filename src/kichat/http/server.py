@@ -7,9 +7,11 @@ aiohttp, and a broadcast writes bytes straight to each transport. HTTP here serv
 health checks and Engine.IO long-polling: a handful of requests per second per client.
 
 What it does: HTTP/1.1 with keep-alive and pipelining (one request handled at a time per
-connection, in order), ``Expect: 100-continue``, limits on header and body sizes, a timeout
-for reading a request and for idle keep-alive connections, cancellation of the handler when the
-client goes away, and the RFC 6455 upgrade to :class:`WebSocket`.
+connection, in order, and flow control: see :class:`HttpProtocol`), ``Expect: 100-continue``,
+limits on header and body sizes enforced as bytes arrive (:mod:`kichat.http.request`), a
+deadline for each request, a timeout for idle keep-alive connections and for clients that do
+not read their answers, cancellation of the handler when the client goes away, and the
+RFC 6455 upgrade to :class:`~kichat.http.wsconn.WebSocket`.
 
 The application is one coroutine function ``handler(request) -> Response | WebSocketUpgrade``.
 """
@@ -22,13 +24,13 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, Protocol, cast
-from urllib.parse import parse_qsl
+from typing import Any, Final, cast
 
-import httptools
 import orjson
 
 from kichat.http import websocket as ws
+from kichat.http.request import HttpRequestError, Request, RequestReader
+from kichat.http.wsconn import WebSocket, WebSocketUpgrade
 
 log = logging.getLogger("kichat.http")
 
@@ -36,42 +38,19 @@ _REASONS: Final = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 204: "No Content",
     304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    414: "URI Too Long",
     426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout",
 }  # fmt: skip
-_MAX_PIPELINED: Final = 8
-
-
-class Request:
-    """One parsed HTTP request. Header names are lower-case; repeated headers are joined."""
-
-    __slots__ = ("_query", "body", "headers", "keep_alive", "method", "path", "peer",
-                 "query_string", "target")  # fmt: skip
-
-    def __init__(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, peer: str
-    ) -> None:
-        self.method = method
-        self.target = target
-        path, _, query = target.partition("?")
-        self.path = path
-        self.query_string = query
-        self.headers = headers
-        self.body = body
-        self.peer = peer
-        self.keep_alive = True
-        self._query: dict[str, str] | None = None
-
-    @property
-    def query(self) -> dict[str, str]:
-        """Query parameters (first value wins), parsed on first use."""
-        if self._query is None:
-            q: dict[str, str] = {}
-            for k, v in parse_qsl(self.query_string, keep_blank_values=True):
-                q.setdefault(k, v)
-            self._query = q
-        return self._query
+# Requests parsed ahead of the one being handled, at most, on one connection.
+_MAX_PIPELINED: Final = 4
+# After refusing a request: how long to keep reading (and dropping) what the client still
+# sends, and how much of it, so that our answer is not destroyed by a reset (see _reject).
+_LINGER: Final = 2.0
+_LINGER_BYTES: Final = 1 << 20
+# What HttpProtocol's one timer is waiting for.
+_RECEIVING, _IDLE, _WRITING, _LINGERING = range(4)
 
 
 class Response:
@@ -101,37 +80,7 @@ class Response:
         return cls.json({"error": {"code": code, "message": message, **extra}}, status)
 
 
-class WebSocketHandler(Protocol):
-    """What a WebSocket application object receives. ``on_close`` is called exactly once."""
-
-    def on_message(self, data: str | bytes) -> None: ...
-    def on_close(self, code: int, reason: str) -> None: ...
-    def on_pause_writing(self) -> None: ...
-    def on_resume_writing(self) -> None: ...
-
-
-class WebSocketUpgrade:
-    """Returned by a request handler to accept a WebSocket on that request."""
-
-    __slots__ = ("factory", "max_message_size", "write_limit")
-
-    def __init__(
-        self,
-        factory: Callable[[WebSocket], WebSocketHandler],
-        *,
-        max_message_size: int = 1_000_000,
-        write_limit: int = 4 * 1024 * 1024,
-    ) -> None:
-        self.factory = factory
-        self.max_message_size = max_message_size
-        self.write_limit = write_limit
-
-
 Handler = Callable[[Request], Awaitable[Response | WebSocketUpgrade]]
-# Another process may serve a connection: called with the start of a request on an idle
-# connection (at least its request line) and the transport; True if it took the connection.
-Redirect = Callable[[bytes, asyncio.Transport], bool]
-_REQUEST_LINE_LIMIT: Final = 8 * 1024  # what a redirect may look at before the request is ours
 
 
 def _status_line(status: int) -> bytes:
@@ -152,6 +101,12 @@ def serialize_response(resp: Response, *, keep_alive: bool, head: bool = False) 
     return b"".join(lines)
 
 
+# Another process may serve a connection: called with the start of a request on an idle
+# connection (at least its request line) and the transport; True if it took the connection.
+Redirect = Callable[[bytes, asyncio.Transport], bool]
+_REQUEST_LINE_LIMIT: Final = 8 * 1024  # what a redirect may look at before the request is ours
+
+
 class HttpServer:
     """Owns the listening socket and every connection, for a clean shutdown."""
 
@@ -164,6 +119,7 @@ class HttpServer:
         request_timeout: float = 30.0,
         keepalive_timeout: float = 30.0,
         websocket_close_timeout: float = 3.0,
+        write_timeout: float = 30.0,
         send_buffer_size: int | None = None,
     ) -> None:
         self.handler = handler
@@ -172,6 +128,9 @@ class HttpServer:
         self.request_timeout = request_timeout
         self.keepalive_timeout = keepalive_timeout
         self.websocket_close_timeout = websocket_close_timeout
+        # An HTTP client whose responses make no progress out of the write buffer for this
+        # long (it pipelines and never reads) is cut off.
+        self.write_timeout = write_timeout
         # SO_SNDBUF for accepted sockets. None keeps the kernel's autotuning; a cap bounds the
         # kernel memory a client that stops reading can pin, and makes the slow-client cut-off
         # (the outbound buffer limit) take effect after a predictable amount of data.
@@ -202,6 +161,10 @@ class HttpServer:
             reuse_port=reuse_port or None, start_serving=start_serving,
         )  # fmt: skip
 
+    async def serve(self) -> None:
+        assert self._server is not None, "server not started"
+        await self._server.start_serving()
+
     async def start_unix(self, path: str) -> asyncio.Server:
         """Also serve on a Unix socket (the workers of one server ask each other there)."""
         loop = asyncio.get_running_loop()
@@ -214,10 +177,6 @@ class HttpServer:
         _, protocol = await loop.connect_accepted_socket(lambda: HttpProtocol(self), sock=sock)
         if data:
             protocol.data_received(data, redirectable=False)
-
-    async def serve(self) -> None:
-        assert self._server is not None, "server not started"
-        await self._server.start_serving()
 
     @property
     def port(self) -> int:
@@ -267,28 +226,38 @@ async def _wait_until_empty(items: set[Any], drained: asyncio.Event, grace_perio
 
 
 class HttpProtocol(asyncio.Protocol):
-    """One HTTP/1.1 connection until it closes or becomes a WebSocket."""
+    """One HTTP/1.1 connection until it closes or becomes a WebSocket.
+
+    Flow control: requests are parsed only while fewer than ``_MAX_PIPELINED`` wait (and their
+    bodies stay under ``max_body_size`` together) and while the transport's write buffer is
+    under its high-water mark; otherwise reading pauses, and what was received stays in the
+    :class:`RequestReader` (one read at most). A client that pipelines without reading the
+    answers is thus stopped, and cut off once its writes make no progress for
+    ``write_timeout``.
+
+    One timer at a time, by state: a request being received must be complete within
+    ``request_timeout`` of its first byte; an idle keep-alive connection closes after
+    ``keepalive_timeout``; stalled writes abort after ``write_timeout``; a refused request
+    lingers (reading and dropping) for ``_LINGER`` seconds so that the client gets the answer.
+    """
 
     def __init__(self, server: HttpServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self.parser: Any = httptools.HttpRequestParser(self)
+        self.reader: RequestReader | None = None
         self.queue: deque[Request] = deque()
+        self.queued_bytes = 0
+        self.requests = 0  # requests parsed on this connection
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_kind: tuple[int, int] | None = None
         self.closing = False
+        self.lingering = 0  # bytes still accepted (and dropped) while lingering after a refusal
         self.reading_paused = False
-        self.upgrade_tail: bytes | None = None
-        self.mid_request = False  # between the first byte of a request and its last
-        self.head: bytes = b""  # the start of a request a redirect has not decided on yet
-        # Per-request parse state.
-        self._url: list[bytes] = []
-        self._headers: dict[str, str] = {}
-        self._header_bytes = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._too_large: int = 0
+        self.writing_paused = False
+        self.write_buffered = 0  # write buffer size when the write timer was armed
+        self.head = b""  # the start of a request a redirect has not decided on yet
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -301,48 +270,34 @@ class HttpProtocol(asyncio.Protocol):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.server.send_buffer_size)
+        self.reader = RequestReader(
+            max_header_size=self.server.max_header_size,
+            max_body_size=self.server.max_body_size,
+            peer=self.peer,
+        )
         self.server.http_connections.add(self)
-        self._arm(self.server.request_timeout)
+        self._update_timer()
 
     def data_received(self, data: bytes, *, redirectable: bool = True) -> None:
         if self.closing:
+            self._linger(len(data))
             return
-        if self.upgrade_tail is not None:
-            # Bytes after an upgrade request belong to the next protocol; keep them for it.
-            self.upgrade_tail += data
-            return
-        if self._redirectable(redirectable):
+        assert self.reader is not None
+        if redirectable and self._at_request_start():
             data = self._redirect(data)
             if not data:
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            # The request that asked for an upgrade is complete; what follows belongs to the
-            # new protocol and is replayed into it if the handler accepts the upgrade.
-            offset = exc.args[0] if exc.args else len(data)
-            self.upgrade_tail = data[offset:]
-        except httptools.HttpParserError:
-            self._reject(400, "bad_request", "malformed HTTP request")
-            return
-        if self._too_large:
-            status = self._too_large
-            code = "headers_too_large" if status == 431 else "body_too_large"
-            self._reject(status, code, "request exceeds the size limit")
-            return
-        if len(self.queue) >= _MAX_PIPELINED and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
-        self._next()
+        self.reader.feed(data)
+        self._pump()
 
-    def _redirectable(self, allowed: bool) -> bool:
-        """At the start of a request on an idle connection, with a redirect configured."""
+    def _at_request_start(self) -> bool:
+        """A redirect is configured and nothing of a request is buffered or being handled."""
         return (
-            allowed
-            and self.server.redirect is not None
-            and not self.mid_request
+            self.server.redirect is not None
             and self.task is None
             and not self.queue
+            and self.reader is not None
+            and self.reader.buffered == 0
         )
 
     def _redirect(self, data: bytes) -> bytes:
@@ -362,75 +317,77 @@ class HttpProtocol(asyncio.Protocol):
             return b""
         return head
 
+    def eof_received(self) -> bool | None:
+        if self.lingering:
+            self._close()
+        return None  # close the transport
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        self._update_timer()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if not self.closing:
+            self._pump()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.lingering = 0
         self._disarm()
         self.server.forget_http(self)
         if self.task is not None and not self.task.done():
             # The client went away: whatever the handler waits for (a long-poll) is moot.
             self.task.cancel()
-        self.parser = None
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+        self.queue.clear()
 
-    # -- httptools callbacks -----------------------------------------------------------------
+    # -- requests in, handlers out -----------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.mid_request = True
-        self._url = []
-        self._headers = {}
-        self._header_bytes = 0
-        self._body = []
-        self._body_size = 0
-        self._arm(self.server.request_timeout)
-
-    def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        self._url.append(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.server.max_header_size:
-            self._too_large = 431
+    def _pump(self) -> None:
+        """Parse received bytes into requests while the connection may take more work, then
+        set reading, the handler and the timer to match."""
+        reader = self.reader
+        transport = self.transport
+        if reader is None or transport is None or self.closing:
             return
-        key = name.decode("latin-1").lower()
-        val = value.decode("latin-1")
-        prev = self._headers.get(key)
-        self._headers[key] = val if prev is None else f"{prev}, {val}"
-
-    def on_headers_complete(self) -> None:
-        if self._header_bytes > self.server.max_header_size:
-            self._too_large = 431
+        try:
+            while (
+                len(self.queue) < _MAX_PIPELINED
+                and self.queued_bytes <= self.server.max_body_size
+                and not self.writing_paused
+            ):
+                request = reader.next_request()
+                if request is None:
+                    break
+                self.requests += 1
+                self.queue.append(request)
+                self.queued_bytes += len(request.body)
+                if reader.upgraded or not request.keep_alive:
+                    break  # whatever follows is not HTTP for us to parse
+        except HttpRequestError as exc:
+            self._reject(exc.status, exc.code, exc.message)
             return
-        length = self._headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_body_size:
-            self._too_large = 413
-            return
-        if self._headers.get("expect", "").lower() == "100-continue" and self.transport:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self.server.max_body_size:
-            self._too_large = 413
-            return
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self.mid_request = False
-        if self._too_large:
-            return
-        method = self.parser.get_method().decode("ascii", "replace")
-        target = b"".join(self._url).decode("latin-1")
-        request = Request(method, target, self._headers, b"".join(self._body), self.peer)
-        request.keep_alive = bool(self.parser.should_keep_alive())
-        self.queue.append(request)
-
-    # -- request handling --------------------------------------------------------------------
+        if reader.take_continue():
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Bytes left unparsed mean the connection has work enough: read no more for now.
+        hold = reader.buffered > 0 or reader.upgraded
+        if hold != self.reading_paused:
+            self.reading_paused = hold
+            if hold:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        self._next()
+        self._update_timer()
 
     def _next(self) -> None:
-        if self.task is not None or not self.queue or self.closing:
+        if self.task is not None or not self.queue or self.closing or self.writing_paused:
             return
         request = self.queue.popleft()
-        self._disarm()
+        self.queued_bytes -= len(request.body)
         self.task = asyncio.get_running_loop().create_task(self._handle(request))
 
     async def _handle(self, request: Request) -> None:
@@ -451,25 +408,18 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(result, WebSocketUpgrade):
             self._upgrade(request, result)
             return
-        if self.upgrade_tail is not None:
+        if self.reader is not None and self.reader.upgraded:
             keep_alive = False  # the byte stream is no longer HTTP after an upgrade request
         self.transport.write(
             serialize_response(result, keep_alive=keep_alive, head=request.method == "HEAD")
         )
         if not keep_alive:
-            self.closing = True
-            self.transport.close()
+            self._close()
             return
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        if self.queue:
-            self._next()
-        else:
-            self._arm(self.server.keepalive_timeout)
+        self._pump()
 
     def _upgrade(self, request: Request, upgrade: WebSocketUpgrade) -> None:
-        assert self.transport is not None
+        assert self.transport is not None and self.reader is not None
         problem = _check_websocket_request(request)
         if problem is not None:
             status, message = problem
@@ -478,20 +428,20 @@ class HttpProtocol(asyncio.Protocol):
                 {"error": {"code": "bad_websocket_request", "message": message}}, status, headers
             )
             self.transport.write(serialize_response(resp, keep_alive=False))
-            self.closing = True
-            self.transport.close()
+            self._close()
             return
         key = request.headers["sec-websocket-key"].strip()
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + ws.accept_key(key).encode("ascii") + b"\r\n\r\n"
         )
+        tail = self.reader.take_tail()
         self.closing = True
+        self._disarm()
         self.server.forget_http(self)
-        tail = self.upgrade_tail or b""
         transport = self.transport
         self.transport = None
-        self.parser = None
+        self.reader = None
         sock = WebSocket(self.server, transport, request, upgrade)
         transport.set_protocol(sock)
         if self.reading_paused:
@@ -499,35 +449,109 @@ class HttpProtocol(asyncio.Protocol):
         sock.start(upgrade.factory, tail)
 
     def _reject(self, status: int, code: str, message: str) -> None:
-        if self.transport is None or self.closing:
+        """Answer ``status`` and close, lingering so that the answer reaches the client."""
+        transport = self.transport
+        if transport is None or self.closing:
             return
-        self.closing = True
+        self.queue.clear()
         resp = Response.error(status, code, message)
-        self.transport.write(serialize_response(resp, keep_alive=False))
-        self.transport.close()
+        transport.write(serialize_response(resp, keep_alive=False))
+        if self.task is not None or not transport.can_write_eof():
+            self._close()
+            return
+        # Closing now, with the client's bytes unread, would make the kernel answer with a
+        # reset that can destroy the response in flight. Send FIN, drop what still comes
+        # (up to _LINGER_BYTES), close when the client does or after _LINGER seconds.
+        self.closing = True
+        self.lingering = _LINGER_BYTES
+        transport.write_eof()
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+        self._arm(_LINGER, _LINGERING)
+
+    def _linger(self, received: int) -> None:
+        if self.lingering:
+            self.lingering = max(0, self.lingering - received)
+            if not self.lingering:
+                self._close(abort=True)
+
+    def _close(self, *, abort: bool = False) -> None:
+        self.closing = True
+        self.lingering = 0
+        self._disarm()
+        if self.transport is not None:
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     # -- timers and shutdown -----------------------------------------------------------------
 
-    def _arm(self, delay: float) -> None:
+    def _update_timer(self) -> None:
+        """Arm the timer that the connection's state calls for (see the class docstring)."""
+        reader = self.reader
+        if self.closing or reader is None:
+            return
+        kind: tuple[int, int] | None
+        if self.writing_paused:
+            kind = (_WRITING, 0)
+        elif reader.in_request and not self.reading_paused:
+            kind = (_RECEIVING, self.requests)  # a new request gets a new deadline
+        elif self.task is None and not self.queue:
+            kind = (_IDLE, 0)
+        else:
+            kind = None  # a handler is working
+        if kind == self.timer_kind:
+            return
+        if kind is None:
+            self._disarm()
+            return
+        server = self.server
+        delays = {_WRITING: server.write_timeout, _RECEIVING: server.request_timeout,
+                  _IDLE: server.keepalive_timeout}  # fmt: skip
+        if kind[0] == _WRITING and self.transport is not None:
+            self.write_buffered = self.transport.get_write_buffer_size()
+        self._arm(delays[kind[0]], kind[0], kind[1])
+
+    def _arm(self, delay: float, kind: int, tag: int = 0) -> None:
         self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(delay, self._timed_out)
+        self.timer_kind = (kind, tag)
+        self.timer = asyncio.get_running_loop().call_later(delay, self._timed_out, kind)
 
     def _disarm(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self.timer_kind = None
 
-    def _timed_out(self) -> None:
+    def _timed_out(self, kind: int) -> None:
         self.timer = None
-        if self.task is None and self.transport is not None and not self.closing:
-            # Either an idle keep-alive connection or a request that never finished arriving.
-            self.closing = True
-            self.transport.close()
+        self.timer_kind = None
+        transport = self.transport
+        if transport is None:
+            return
+        if kind == _WRITING:
+            buffered = transport.get_write_buffer_size()
+            if buffered < self.write_buffered:
+                self._update_timer()  # slow but moving: another period from here
+                return
+            log.debug("aborting %s: no write progress in %.0f s", self.peer,
+                      self.server.write_timeout)  # fmt: skip
+            self._close(abort=True)
+        elif kind == _RECEIVING:
+            if self.task is None and not self.queue:
+                self._reject(408, "request_timeout", "the request did not arrive in time")
+            else:
+                self._close()
+        elif kind == _LINGERING:
+            self._close(abort=True)
+        elif self.task is None:
+            self._close()  # idle keep-alive connection
 
     def close_when_idle(self) -> None:
         if self.task is None and self.transport is not None:
-            self.closing = True
-            self.transport.close()
+            self._close()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -547,132 +571,3 @@ def _check_websocket_request(request: Request) -> tuple[int, str] | None:
     if not ws.is_valid_key(h.get("sec-websocket-key", "").strip()):
         return 400, "invalid Sec-WebSocket-Key"
     return None
-
-
-class WebSocket(asyncio.Protocol):
-    """One accepted WebSocket. Slim on purpose: thousands of these stay open.
-
-    ``write`` takes bytes that are already complete frames; that is how broadcasts reach
-    the transport without any per-connection encoding.
-    """
-
-    __slots__ = ("_close_timer", "_closed", "_closing", "handler", "parser", "peer", "request",
-                 "server", "transport")  # fmt: skip
-
-    def __init__(
-        self, server: HttpServer, transport: asyncio.Transport, request: Request,
-        upgrade: WebSocketUpgrade,
-    ) -> None:  # fmt: skip
-        self.server = server
-        self.transport = transport
-        self.request = request
-        self.peer = request.peer
-        self.parser = ws.FrameParser(upgrade.max_message_size)
-        self.handler: WebSocketHandler | None = None
-        self._closing = False
-        self._closed = False
-        self._close_timer: asyncio.TimerHandle | None = None
-        transport.set_write_buffer_limits(high=upgrade.write_limit)
-        server.websockets.add(self)
-
-    def start(self, factory: Callable[[WebSocket], WebSocketHandler], tail: bytes) -> None:
-        self.handler = factory(self)
-        if tail:
-            self.data_received(tail)
-
-    # -- sending -----------------------------------------------------------------------------
-
-    def write(self, frames: bytes) -> None:
-        """Write complete, pre-built frames."""
-        if not self._closing:
-            self.transport.write(frames)
-
-    def send_text(self, text: str) -> None:
-        self.write(ws.text_frame(text.encode("utf-8")))
-
-    def send_binary(self, data: bytes) -> None:
-        self.write(ws.binary_frame(data))
-
-    def close(self, code: int = ws.CLOSE_NORMAL, reason: str = "") -> None:
-        """Start the closing handshake; the TCP connection closes when the client answers."""
-        if self._closing:
-            return
-        self._closing = True
-        self.transport.write(ws.close_frame(code, reason))
-        self._close_timer = asyncio.get_running_loop().call_later(
-            self.server.websocket_close_timeout, self.abort
-        )
-        self._notify_closed(code, reason)
-
-    def abort(self) -> None:
-        self._closing = True
-        self.transport.abort()
-
-    @property
-    def write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size()
-
-    # -- asyncio callbacks -------------------------------------------------------------------
-
-    def data_received(self, data: bytes) -> None:
-        if self._closed and not self._closing:
-            return
-        try:
-            events = self.parser.feed(data)
-        except ws.WebSocketProtocolError as exc:
-            self._fail(exc.code, exc.reason)
-            return
-        for event in events:
-            if isinstance(event, ws.Message):
-                if not self._closing and self.handler is not None:
-                    self.handler.on_message(event.data)
-            elif isinstance(event, ws.Ping):
-                if not self._closing:
-                    self.transport.write(ws.pong_frame(event.payload))
-            elif isinstance(event, ws.Close):
-                self._on_close_frame(event)
-                return
-
-    def _on_close_frame(self, event: ws.Close) -> None:
-        if not self._closing:
-            # The client started the closing handshake: echo its code, then hang up.
-            self._closing = True
-            echo = ws.CLOSE_NORMAL if event.code == ws.CLOSE_NO_STATUS else event.code
-            self.transport.write(ws.close_frame(echo))
-        self._notify_closed(event.code, event.reason)
-        self.transport.close()
-
-    def _fail(self, code: int, reason: str) -> None:
-        log.debug("websocket protocol error from %s: %s %s", self.peer, code, reason)
-        if not self._closing:
-            self._closing = True
-            self.transport.write(ws.close_frame(code, reason))
-        self._notify_closed(code, reason)
-        self.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.on_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.handler is not None:
-            self.handler.on_resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        self.server.forget_websocket(self)
-        self._notify_closed(1006, "connection lost")
-
-    def _notify_closed(self, code: int, reason: str) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        handler = self.handler
-        if handler is not None:
-            try:
-                handler.on_close(code, reason)
-            except Exception:
-                log.exception("websocket close handler failed")
