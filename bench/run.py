@@ -81,6 +81,8 @@ LOADS = {
     "spread": Load("spread", 2000, 20, 20, 10),
     "bigroom": Load("bigroom", 5000, 1, 20, 10),
     "scale": Load("scale", 10000, 100, 10, 10, targets=("project",)),
+    # The --workers target: 20,000 WebSocket clients over 200 chatrooms.
+    "scale20k": Load("scale20k", 20000, 200, 10, 10, targets=("project",)),
     "smoke": Load("smoke", 20, 2, 5, 2),
 }
 DEFAULT_LOADS = ("spread", "bigroom")
