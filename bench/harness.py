@@ -38,6 +38,30 @@ def flags(**options: object) -> list[str]:
     return [w for k, v in options.items() for w in (f"--{k.replace('_', '-')}", str(v))]
 
 
+# ------------------------------------------------------------------ a private redis-server
+
+
+def start_redis(log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on a free loopback port, without persistence (cluster-mode runs)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("--cluster needs redis-server (apt-get install redis-server)")
+    port = free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(log_dir), "--logfile", str(log_dir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return proc, f"redis://127.0.0.1:{port}/0"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"redis-server did not start (see {log_dir / 'redis.log'})")
+        time.sleep(0.02)
+
+
 # ------------------------------------------------------------------ building and installing
 
 

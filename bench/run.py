@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import http.client
 import importlib.util
 import json
 import os
@@ -44,6 +45,7 @@ from harness import (
     free_port,
     install_peer,
     raise_nofile,
+    start_redis,
     system_busy_seconds,
     tree_cpu_seconds,
     tree_rss_kib,
@@ -79,6 +81,8 @@ LOADS = {
     "spread": Load("spread", 2000, 20, 20, 10),
     "bigroom": Load("bigroom", 5000, 1, 20, 10),
     "scale": Load("scale", 10000, 100, 10, 10, targets=("project",)),
+    # The --workers target: 20,000 WebSocket clients over 200 chatrooms.
+    "scale20k": Load("scale20k", 20000, 200, 10, 10, targets=("project",)),
     "smoke": Load("smoke", 20, 2, 5, 2),
 }
 DEFAULT_LOADS = ("spread", "bigroom")
@@ -91,9 +95,14 @@ def sim_command(port: int) -> list[str]:
     return [sys.executable, "-m", "kichat.sim", *flags(port=port)]
 
 
-def project_command(port: int, sim_port: int) -> list[str]:
+def project_command(
+    port: int, sim_port: int, redis_url: str | None = None, workers: int = 1
+) -> list[str]:
     """The gateway under test, pointed at the simulator. Adjust here if its CLI changes."""
     query = "protocol=7&client=js&version=8.4.0&flash=false"
+    cluster = flags(redis_url=redis_url, node_id="bench") if redis_url else []
+    if workers > 1:
+        cluster += flags(workers=workers)
     return [
         *(sys.executable, "-m", "kichat", "serve"),
         *flags(
@@ -101,6 +110,7 @@ def project_command(port: int, sim_port: int) -> list[str]:
             pusher_url=f"ws://127.0.0.1:{sim_port}/app/{PUSHER_KEY}?{query}",
             kick_api_url=f"http://127.0.0.1:{sim_port}",
         ),
+        *cluster,
     ]
 
 
@@ -143,6 +153,9 @@ class Options:
     drain_limit: float
     log_dir: Path
     loadclient: Path = field(default=Path())
+    redis_url: str | None = None  # --cluster: the project runs in cluster mode on this Redis
+    redis_pid: int | None = None
+    workers: int = 1
 
 
 def server_argv(target: str, opts: Options, port: int, sim_port: int) -> list[str]:
@@ -151,7 +164,7 @@ def server_argv(target: str, opts: Options, port: int, sim_port: int) -> list[st
         return peer_command(opts.peer_dir, port, sim_port)
     if opts.project_cmd:
         return template_command(opts.project_cmd, port=port, sim_port=sim_port)
-    return project_command(port, sim_port)
+    return project_command(port, sim_port, opts.redis_url, opts.workers)
 
 
 @dataclass
@@ -189,6 +202,8 @@ def measure(children: Children, target: str, load: Load, opts: Options) -> Sampl
     env = project_env() if target == "project" else None
     server = children.start("server", server_argv(target, opts, port, sim_port), env=env)
     wait_listening(server, port, target, 30)
+    if target == "project" and opts.workers > 1:
+        wait_workers(port, opts.workers, 60)
     time.sleep(opts.settle)
     rss_before = tree_rss_kib(server.pid)
 
@@ -209,6 +224,8 @@ def measure(children: Children, target: str, load: Load, opts: Options) -> Sampl
     rss_after = tree_rss_kib(server.pid)
 
     tree = {"server": server.pid, "sim": sim_proc.pid, "client": client.proc.pid}
+    if opts.redis_pid is not None and target == "project":
+        tree["redis"] = opts.redis_pid
     cpu0 = {name: tree_cpu_seconds(pid) for name, pid in tree.items()}
     cpu0["machine"] = system_busy_seconds()
     wall0 = time.monotonic()
@@ -225,6 +242,24 @@ def measure(children: Children, target: str, load: Load, opts: Options) -> Sampl
     cpu1["machine"] = system_busy_seconds()
     summary = client.summary()
     return Samples(ready, summary, published, expected, cpu0, cpu1, wall, rss_before, rss_after)
+
+
+def wait_workers(port: int, count: int, timeout: float) -> None:
+    """``kichat serve --workers``: every worker listening and ready, not just the first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/stats")
+            stats = json.loads(conn.getresponse().read())
+            conn.close()
+            if len(stats.get("workers", {})) == count and stats.get("ready"):
+                return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise BenchError(f"the {count} workers were not all ready within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def figures(target: str, load: Load, m: Samples) -> dict[str, Any]:
@@ -259,8 +294,16 @@ def figures(target: str, load: Load, m: Samples) -> dict[str, Any]:
         "client_cpu_s_total": summary["cpu_user_s"] + summary["cpu_sys_s"],
         "loadclient_summary": summary,
         "sim_cores": used["sim"] / wall,
+        # cluster mode's Redis: part of the system under test, reported apart
+        "redis_cores": used.get("redis", 0.0) / wall,
+        "redis_cpu_us_per_delivery": 1e6 * used.get("redis", 0.0) / delivered
+        if delivered
+        else None,
         # everything else the machine ran meanwhile: other people's work competes for the cores
-        "other_cores": (used["machine"] - used["server"] - used["sim"] - used["client"]) / wall,
+        "other_cores": (
+            used["machine"] - used["server"] - used["sim"] - used["client"] - used.get("redis", 0.0)
+        )
+        / wall,
         "window_s": round(wall, 3),
         "delivery_span_s": span_ns / 1e9 if span_ns > 0 else 0.0,
         "connect_s": m.ready["elapsed_s"],
@@ -281,6 +324,7 @@ ROWS: list[tuple[str, str, bool]] = [  # (label, format key, lower is better -> 
     ("server memory per client (KiB)", "mem", True),
     ("load client CPU (cores)", "client", False),
     ("simulator CPU (cores)", "sim", False),
+    ("Redis CPU (cores; cluster mode)", "redis", False),
     ("rest of the machine, CPU (cores)", "other", False),
 ]
 
@@ -456,6 +500,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="after publishing, stop once nothing arrived and the server idled this long (s)",
     )
     p.add_argument("--drain-limit", type=float, default=60.0, help="longest drain, seconds")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the project in cluster mode, on a private redis-server (measures the added hop)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the project (kichat serve --workers; implies --cluster)",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument("--out", type=Path, help="logs and results.json here (default bench/out/DATE)")
     p.add_argument("--write-results", action="store_true", help="regenerate bench/RESULTS.md")
@@ -489,7 +544,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"SKIP peer: no node or no peer at {args.peer_dir}; project only", flush=True)
         raise_nofile(max(load.clients for load in loads))
-        return run_loads(loads, args, opts)
+        opts.workers = args.workers
+        if not args.cluster and args.workers <= 1:
+            return run_loads(loads, args, opts)
+        redis, opts.redis_url = start_redis(opts.log_dir / "redis")
+        opts.redis_pid = redis.pid
+        try:
+            return run_loads(loads, args, opts)
+        finally:
+            redis.kill()
+            redis.wait()
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

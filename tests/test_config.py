@@ -402,6 +402,18 @@ BAD_VALUES = [
     ("limits.subscribe_rate", 0, "between 1 and"),
     ("limits.api_keys", ("has space",), "printable ASCII"),
     ("limits.api_keys", [1, 2], "list of strings"),
+    ("server.workers", "0", "number of worker processes (1-64) or auto"),
+    ("server.workers", "many", "number of worker processes (1-64) or auto"),
+    ("cluster.redis_url", "http://localhost:6379", "redis:// or rediss://"),
+    ("cluster.redis_url", "redis://:hunter2@h:6379/db", "database number"),
+    ("cluster.node_id", "Node-1", "1-16 of a-z 0-9"),
+    ("cluster.key_prefix", "has space", "printable characters without spaces"),
+    ("cluster.lease_ttl", 0.5, "between 1 and 300"),
+    ("cluster.node_timeout", 0.1, "between 0.3 and 60"),
+    ("cluster.owner_check_interval", 0.0, "between 0.05 and 60"),
+    ("cluster.history_size", 10, "between 100 and"),
+    ("cluster.command_timeout", 0.0, "between 0.1 and 60"),
+    ("cluster.backfill_window", -1.0, "between 0 and 3600"),
     ("log.level", "verbose", "must be one of debug, info"),
     ("log.format", "xml", "must be one of text, json"),
     ("pages.emote_url", "https://a/{id}/{id}", "{id} exactly once"),
@@ -565,6 +577,7 @@ def test_display_redacts_secrets() -> None:
             "kick_api.proxy": "http://bob:pa55word@proxy.local:3128",
             "pusher.proxy": "https://tokenonly@10.0.0.1:1080",
             "pusher.headers": {"Origin": "https://kick.com"},
+            "cluster.redis_url": "redis://:redispass99@redis.local:6379/0",
         },
         env={},
     )
@@ -578,6 +591,7 @@ def test_display_redacts_secrets() -> None:
         "pa55word",
         "bob",
         "tokenonly",
+        "redispass99",
     ):
         assert secret not in text
     assert shown["limits"]["api_keys"] == ["***", "***"]
@@ -592,5 +606,17 @@ def test_display_redacts_secrets() -> None:
     ]
     assert shown["pusher"]["url"] == KICK_PUSHER_URL
     assert set(shown) == {
-        "server", "socketio", "pusher", "kick_api", "relay", "limits", "log", "pages",
+        "server", "socketio", "pusher", "kick_api", "relay", "limits", "cluster", "log", "pages",
     }  # fmt: skip
+
+
+def test_several_workers_need_redis_and_a_short_node_id() -> None:
+    assert any("need cluster.redis_url" in p for p in problems_of({"server.workers": "2"}))
+    fine = load_settings({"server.workers": "auto", "cluster.redis_url": "redis://h:6379/0"},
+                         env={})  # fmt: skip
+    assert fine.server.workers == "auto"
+    [problem] = problems_of(
+        {"server.workers": "2", "cluster.redis_url": "redis://h:6379/0",
+         "cluster.node_id": "abcdefghijklmn"}
+    )  # fmt: skip
+    assert "at most 13 characters" in problem

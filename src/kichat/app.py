@@ -15,12 +15,17 @@ the Kick client; let in-flight HTTP requests finish within ``server.shutdown_tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
+import os
+import secrets
 from typing import Final
 
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from kichat.broker import Broker, MemoryBroker
 from kichat.config import Settings
 from kichat.http import HttpServer
 from kichat.kick.api import KickApi
@@ -29,12 +34,16 @@ from kichat.limits import ApiKeys, parse_networks
 from kichat.memtrim import MemoryTrimmer
 from kichat.observability import GatewayCollector, LoopLagMonitor, WebStats
 from kichat.relay import Gateway, Registry, RelayService
+from kichat.relay.feeds import Feeds
+from kichat.relay.registry import RoomKey
+from kichat.relay.sessions import RelaySessions
 from kichat.sio import Server
 from kichat.web.frontend import Frontend
 from kichat.web.ops import Ops
 from kichat.web.pages import Pages
 from kichat.web.rest import RestApi
 from kichat.web.router import Router
+from kichat.workers import WorkerLink, WorkerSpec
 
 log = logging.getLogger("kichat.app")
 
@@ -56,6 +65,15 @@ class App:
             cache_ttl=s.kick_api.channel_cache_ttl,
             not_found_ttl=s.kick_api.not_found_ttl,
         )
+        # One of the worker processes of ``kichat serve --workers N``, or None.
+        self.worker = WorkerSpec.from_env()
+        self.link: WorkerLink | None = None
+        self._internal: asyncio.Server | None = None
+        if self.worker is not None:
+            self.node_id = self.worker.node_id
+        else:
+            self.node_id = s.cluster.node_id or secrets.token_hex(3)
+        self.broker = _broker(s, self.node_id)
         self.pool = PusherPool(
             s.pusher.url,
             on_event=self._upstream_event,
@@ -82,25 +100,42 @@ class App:
             pending_per_client=s.limits.pending_connections_per_ip,
             max_pending=s.socketio.max_pending_connections,
             detached_per_client=s.limits.detached_per_ip,
+            sid_prefix=f"{self.node_id}_" if s.cluster.redis_url else "",
         )
         self.nsp = self.sio.of("/")
         self.registry = Registry()
-        self.gateway = Gateway(
+        self.feeds = Feeds(
             self.pool,
-            self.kick,
-            self._broadcast,
-            lambda key: self.registry.count(key) > 0,
+            self.broker,
             chatroom_templates=s.relay.chatroom_channels,
             channel_templates=s.relay.channel_channels,
-            linger=s.relay.linger,
             dedupe_window=s.relay.dedupe_window,
+            history=self.kick,
+            channel_id_of=self._channel_id_of,
+            backfill_window=s.cluster.backfill_window,
         )
+        self.gateway = Gateway(
+            self.broker,
+            self.feeds,
+            self.kick,
+            self.nsp,
+            lambda key: self.registry.count(key) > 0,
+            linger=s.relay.linger,
+            feed_wait=s.pusher.subscribe_timeout * (s.pusher.subscribe_retries + 1) + 5.0,
+            owner_check_interval=s.cluster.owner_check_interval,
+            on_stream_attached=self._stream_attached,
+        )
+        self.sessions = RelaySessions(
+            self.broker, self.gateway, self.registry, stream_wait=s.relay.stream_lookup_wait
+        )
+        self.sio.store = self.sessions
         trusted = parse_networks(s.server.trusted_proxies)
         api_keys = ApiKeys(tuple(s.limits.api_keys))
         self.service = RelayService(
             self.nsp,
             self.gateway,
             self.registry,
+            self.sessions,
             max_subscriptions=s.limits.subscriptions_per_client,
             subscribe_rate=s.limits.subscribe_rate,
             connections_per_ip=s.limits.connections_per_ip,
@@ -136,12 +171,15 @@ class App:
         )
         self.trimmer = MemoryTrimmer(s.server.memory_trim_interval)
 
-    # The two glue points of the hot path, kept as plain methods (one call each per event).
+    # The glue points of the hot path, kept as plain methods (one call each per event).
     def _upstream_event(self, channel: str, event: str, data: object) -> None:
-        self.gateway.on_upstream_event(channel, event, data)
+        self.feeds.on_upstream_event(channel, event, data)
 
-    def _broadcast(self, event: str, payload: object, room: str) -> int:
-        return self.nsp.emit(event, payload, to=room)
+    def _channel_id_of(self, chatroom_id: int) -> int | None:
+        return self.gateway.channel_id_of(chatroom_id)
+
+    def _stream_attached(self, key: RoomKey, topic: str, at: int) -> None:
+        self.sessions.stream_attached(key, topic, at)
 
     @property
     def port(self) -> int:
@@ -150,12 +188,27 @@ class App:
     async def start(self) -> None:
         # Bind first: a busy port then fails before anything has started (no upstream
         # connection to undo, no shutdown lines in front of the one message that matters).
-        # Nothing below yields to the event loop, so no request is served half-started.
-        await self.http.start(self.settings.server.host, self.settings.server.port)
+        # Requests are served only once everything below has started.
+        await self.http.start(
+            self.settings.server.host,
+            self.settings.server.port,
+            start_serving=False,
+            reuse_port=self.worker is not None,
+        )
         self._bound = True
+        await self.broker.start(_BrokerEvents(self))
         await self.pool.start()
         await self.sio.start()
+        self.gateway.start()
         self.loop_lag.start()
+        if self.worker is not None:
+            self.link = WorkerLink(self.worker, self.http)
+            await self.link.start()
+            path = self.worker.http_path(self.worker.index)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by this worker's previous life
+            self._internal = await self.http.start_unix(path)
+        await self.http.serve()
         self.trimmer.start()
         log.info(
             "kichat listening on http://%s:%d (Socket.IO at %s), upstream %s",
@@ -172,9 +225,18 @@ class App:
             return
         grace = self.settings.server.shutdown_timeout
         log.info("shutting down (grace period %.1f s)", grace)
+        # Feeds first, while clients still receive: other nodes take them over make-before-break.
+        await self.gateway.hand_over(within=grace / 2)
         await self.sio.close()
+        await self.sessions.flush()
         await self.gateway.close()
+        await self.feeds.close()
+        await self.broker.close()
         await self.pool.close()
+        if self.link is not None:
+            self.link.close()
+        if self._internal is not None:
+            self._internal.close()
         await self.http.close(grace_period=grace)
         await self.kick.aclose()
         self.loop_lag.stop()
@@ -191,6 +253,63 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def _broker(s: Settings, node_id: str) -> Broker:
+    if not s.cluster.redis_url:
+        return MemoryBroker(
+            window=s.socketio.recovery_window,
+            max_bytes=s.socketio.recovery_buffer_bytes,
+            node_id=node_id,
+        )
+    from kichat.broker.redis import RedisBroker  # noqa: PLC0415  (only in cluster mode)
+
+    return RedisBroker(
+        s.cluster.redis_url,
+        node_id=node_id,
+        prefix=s.cluster.key_prefix,
+        window=s.socketio.recovery_window,
+        lease_ttl=s.cluster.lease_ttl,
+        node_timeout=s.cluster.node_timeout,
+        history_max=s.cluster.history_size,
+        fingerprint=fingerprint(s),
+        command_timeout=s.cluster.command_timeout,
+    )
+
+
+def fingerprint(s: Settings) -> str:
+    """What every node of one cluster must agree on (not secret: a hash)."""
+    shared = repr((s.pusher.url.split("?")[0], s.relay.chatroom_channels,
+                   s.relay.channel_channels, s.socketio.recovery_window))  # fmt: skip
+    return hashlib.sha256(shared.encode()).hexdigest()[:16]
+
+
+class _BrokerEvents:
+    """Routes the broker's callbacks to the parts they concern."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        # The hot path: one attribute lookup less per publication.
+        self.on_publication = app.gateway.on_publication
+
+    def on_gap(self, topics: frozenset[str]) -> None:
+        self.app.sessions.resync(topics)
+
+    def on_reset(self, epoch: str) -> None:
+        self.app.gateway.on_reset()
+        self.app.sessions.on_reset()
+
+    def on_lease_lost(self, topic: str) -> None:
+        self.app.gateway.on_lease_lost(topic)
+
+    def on_topic_released(self, topic: str) -> None:
+        self.app.gateway.on_topic_released(topic)
+
+    def on_session_taken(self, pid: str) -> None:
+        self.app.sessions.on_session_taken(pid)
+
+    def on_hand_over(self, topic: str) -> None:
+        self.app.gateway.on_hand_over(topic)
 
 
 def _redact_url(url: str) -> str:

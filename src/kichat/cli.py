@@ -28,7 +28,7 @@ from typing import Any
 from websockets.exceptions import WebSocketException
 
 from kichat import __version__
-from kichat.app import App, serve
+from kichat.app import App, fingerprint, serve
 from kichat.config import (
     Settings,
     load_settings,
@@ -41,6 +41,7 @@ from kichat.observability import configure_logging
 from kichat.sim import KickSimulator
 from kichat.sim.cli import main as simulate_main
 from kichat.watch import watch
+from kichat.workers import WorkerSpec, supervise, worker_count
 
 DEMO_CHANNELS = (("xqc", "668"), ("moonlitfox", "4100123"))
 
@@ -53,6 +54,11 @@ def _settings_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kick-api-url", help="Kick's REST base URL (default: https://kick.com)")
     p.add_argument("--log-level", help="debug, info, warning, error")
     p.add_argument("--log-format", help="text or json")
+    p.add_argument("--redis-url", help="cluster mode: the Redis every node shares")
+    p.add_argument(
+        "--workers", help="worker processes (a number or auto; more than 1 needs --redis-url)"
+    )
+    p.add_argument("--node-id", help="cluster mode: this node's id (a-z 0-9, unique)")
     p.add_argument(
         "--set",
         action="append",
@@ -70,6 +76,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         "kick_api.url": args.kick_api_url,
         "log.level": args.log_level,
         "log.format": args.log_format,
+        "cluster.redis_url": args.redis_url,
+        "server.workers": getattr(args, "workers", None),
+        "cluster.node_id": args.node_id,
     }
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -129,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging("warning")
             return _run(lambda stop: _watch(args, stop))
         settings = _load(args)
-        configure_logging(settings.log.level, settings.log.format)
+        worker = WorkerSpec.from_env()
+        configure_logging(settings.log.level, settings.log.format, worker.node_id if worker else "")
         if args.command == "serve":
+            if worker is None and worker_count(settings.server.workers) > 1:
+                return supervise(settings, argv)
             return _run(lambda stop: _serve(settings, stop), settings.server.use_uvloop)
         return _run(lambda stop: _demo(args, settings, stop), settings.server.use_uvloop)
     except ConfigError as exc:
@@ -190,6 +202,17 @@ def _check_config(args: argparse.Namespace) -> int:
         return 0
     settings = _load(args)
     print(json.dumps(settings_for_display(settings), indent=2, default=str))
+    if settings.cluster.redis_url:
+        # Reachable, and agreeing with the nodes already there: a setting can be right and the
+        # cluster still unusable.
+        from kichat.broker.redis import check_redis  # noqa: PLC0415  (cluster mode only)
+
+        c = settings.cluster
+        line = asyncio.run(
+            check_redis(c.redis_url, prefix=c.key_prefix, fingerprint=fingerprint(settings),
+                        command_timeout=c.command_timeout)
+        )  # fmt: skip
+        print(f"cluster: {line}", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 

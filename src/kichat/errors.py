@@ -10,12 +10,14 @@ Names never shadow built-ins such as ``TimeoutError`` or ``ConnectionError``.
     KichatError
     ├── ConfigError                   invalid configuration (all problems listed at once)
     ├── ClientInputError              a client sent something we refuse (has a stable ``code``)
+    ├── BrokerUnavailable             the cluster's shared state (Redis) cannot be reached now
     └── UpstreamError                 anything about Kick, Pusher or the network towards them
         ├── PusherError
         │   ├── PusherProtocolError   a frame we cannot understand
         │   ├── PusherFatalError      close/error code 4000-4099: do not reconnect unchanged
         │   ├── PusherUnavailable     no usable connection right now (transient)
         │   └── SubscriptionError     Kick refused or never acknowledged a subscription
+        ├── FeedUnavailable           the node feeding a chatroom (maybe another) reports failure
         └── KickApiError              Kick's REST API (``status``: the HTTP status we answer)
             ├── ChannelNotFound       404 from Kick
             ├── KickBlocked           Kick's edge refused us (403 "Request blocked by ...")
@@ -59,6 +61,10 @@ class ClientInputError(KichatError):
         return {"code": self.code, "message": self.message}
 
 
+class BrokerUnavailable(KichatError):
+    """The cluster's shared state (Redis) cannot be reached right now; it may work later."""
+
+
 class UpstreamError(KichatError):
     """Something went wrong talking to Kick (Pusher or REST)."""
 
@@ -91,6 +97,16 @@ class SubscriptionError(PusherError):
         self.channel = channel
         self.message = message
         super().__init__(f"subscription to {channel!r} failed: {message}")
+
+
+class FeedUnavailable(UpstreamError):
+    """The node that feeds a topic from Kick (in a cluster, maybe another node) reported that it
+    cannot, or nobody did in time. ``code`` is the client-facing error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
 
 
 class KickApiError(UpstreamError):

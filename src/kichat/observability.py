@@ -73,13 +73,19 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Called once, by the CLI; library code never configures handlers."""
+def configure_logging(level: str = "info", fmt: str = "text", process: str = "") -> None:
+    """Called once, by the CLI; library code never configures handlers. ``process`` names the
+    worker process each line comes from (``kichat serve --workers``)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
+        if process:
+            handler.addFilter(_Tag(process))
     else:
-        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        where = f"[{process}] " if process else ""
+        handler.setFormatter(
+            TextFormatter(f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s")
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -89,6 +95,18 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+class _Tag(logging.Filter):
+    """Adds a ``worker`` field to JSON log lines."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self.process = process
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.process
+        return True
 
 
 # -- event loop lag ----------------------------------------------------------------------------
@@ -166,10 +184,43 @@ class GatewayCollector(Collector):
         self.app = app
         self.started = clock()
 
+    def _cluster(self) -> Iterator[Metric]:
+        b = self.app.broker.status()
+        info = GaugeMetricFamily(
+            "kichat_cluster_node", "This node: its id and broker (memory or redis)",
+            labels=["node", "backend"],
+        )  # fmt: skip
+        info.add_metric([b.node_id, b.backend], 1)
+        yield info
+        yield _gauge("kichat_cluster_connected", "1 while the broker (Redis) is reachable",
+                     int(b.connected and b.problem is None))  # fmt: skip
+        if b.rtt_ms is not None:
+            yield _gauge("kichat_cluster_redis_rtt_seconds", "Round trip of the last Redis PING",
+                         b.rtt_ms / 1000)  # fmt: skip
+        yield _gauge("kichat_cluster_owned_feeds", "Feeds (Kick channel groups) this node owns",
+                     b.owned_topics)  # fmt: skip
+        yield _gauge("kichat_cluster_read_feeds", "Feeds this node's clients read",
+                     b.subscribed_topics)  # fmt: skip
+        for name, doc, value in (
+            ("publications", "Publications this node made", b.published),
+            ("publications_rejected", "Publications refused (lease lost, duplicate)",
+             b.publish_rejected),
+            ("deliveries", "Publications delivered to this node", b.delivered),
+            ("takeovers", "Feeds taken over from a dead or fenced owner", b.takeovers),
+            ("leases_lost", "Feeds this node lost to another", b.leases_lost),
+            ("gaps", "Feeds whose history could not fill a reconnect's gap", b.gaps),
+            ("resyncs", "Reconnects of the subscriber followed by a catch-up", b.resyncs),
+            ("resets", "Times the shared state was lost (new epoch)", b.resets),
+            ("sessions_saved", "Session records written", b.sessions_saved),
+            ("sessions_taken", "Sessions restored from the broker", b.sessions_taken),
+        ):  # fmt: skip
+            yield _counter(f"kichat_cluster_{name}_total", doc, value)
+
     def collect(self) -> Iterator[Metric]:
         yield from self._downstream()
         yield from self._relay()
         yield from self._upstream()
+        yield from self._cluster()
         yield from self._web()
 
     def _downstream(self) -> Iterator[Metric]:
@@ -232,25 +283,33 @@ class GatewayCollector(Collector):
     def _relay(self) -> Iterator[Metric]:
         gw = self.app.gateway
         st = gw.stats
+        feeds = self.app.feeds
+        fs = feeds.stats
         yield _gauge("kichat_subscribed_rooms", "Chatroom rooms fed from upstream", gw.active_rooms)
         yield _gauge(
-            "kichat_upstream_subscriptions", "Pusher channels subscribed", len(gw.upstream_channels)
+            "kichat_upstream_subscriptions",
+            "Pusher channels this node subscribes",
+            len(feeds.upstream_channels),
         )
         yield _counter(
-            "kichat_upstream_events_total", "Application events received from Kick", st.events_in
+            "kichat_upstream_events_total", "Application events received from Kick", fs.events_in
         )
         yield _counter("kichat_events_relayed_total", "Events broadcast to rooms", st.events_out)
         yield _counter(
             "kichat_duplicates_dropped_total",
             "Alias copies of an event dropped",
-            st.duplicates_dropped,
+            fs.duplicates_dropped,
         )
         yield _counter(
-            "kichat_upstream_malformed_total", "Upstream events with undecodable data", st.malformed
+            "kichat_upstream_malformed_total", "Upstream events with undecodable data", fs.malformed
         )
         yield _counter(
             "kichat_channel_lookup_failures_total", "Failed channel-id lookups", st.lookup_failures
         )
+        yield _counter(
+            "kichat_backfilled_total", "Chat messages published from Kick's history after a "
+            "takeover", fs.backfilled,
+        )  # fmt: skip
         service = self.app.service.stats
         yield _labelled(
             CounterMetricFamily, "kichat_subscribe_requests_total", "subscribe calls by outcome",

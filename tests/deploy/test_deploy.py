@@ -29,13 +29,12 @@ from kichat.app import App
 from kichat.config import load_settings
 from kichat.sim import KickSimulator
 
-from conftest import IN_CI, UNIT, eventually, node_script
+from conftest import UNIT, node_script
+from nginx_support import require_nginx, run_nginx
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 CHAT = "App\\Events\\ChatMessageEvent"
-# Debian installs it in /usr/sbin, which is not on every user's PATH.
-NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
 def env_file() -> dict[str, str]:
@@ -122,57 +121,15 @@ def free_port() -> int:
 @asynccontextmanager
 async def nginx_in_front_of(gateway_port: int, tmp: Path) -> AsyncIterator[str]:
     """deploy/nginx.conf in a real nginx on a free port, proxying to ``gateway_port``."""
-    nginx = NGINX
-    if nginx is None:
-        if IN_CI:
-            pytest.fail("CI: nginx is missing; .ci/run installs Debian's nginx package")
-        pytest.skip("nginx is not installed (apt-get install nginx)")
+    require_nginx()
     port = free_port()
     site = (DEPLOY / "nginx.conf").read_text()
     site = site.replace("server 127.0.0.1:3000;", f"server 127.0.0.1:{gateway_port};")
     site = site.replace("    listen 80;\n", f"    listen 127.0.0.1:{port};\n")
     site = site.replace("    listen [::]:80;\n", "")
     assert f"127.0.0.1:{port}" in site and f"127.0.0.1:{gateway_port}" in site
-    (tmp / "kichat.conf").write_text(site)
-    temp = {name: tmp / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir()
-    main = tmp / "nginx.conf"
-    main.write_text(
-        f"""
-daemon off;
-master_process off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    include {tmp}/kichat.conf;
-}}
-"""
-    )
-    proc = await asyncio.create_subprocess_exec(
-        nginx, "-p", str(tmp), "-c", str(main), "-e", str(tmp / "error.log"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-
-        def listening() -> bool:
-            assert proc.returncode is None, (tmp / "error.log").read_text()
-            with socket.socket() as probe:
-                return probe.connect_ex(("127.0.0.1", port)) == 0
-
-        await eventually(listening, 10 * UNIT, "nginx to listen")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10 * UNIT)
+    async with run_nginx(site, port, tmp) as url:
+        yield url
 
 
 @asynccontextmanager

@@ -123,7 +123,7 @@ async def test_every_simulated_event_type_reaches_a_subscriber_once(duplicates: 
                 "App\\Events\\StreamHostedEvent"
             ]
             assert len({p.event for p in script}) == len(script)
-            stats = stack.app.gateway.stats
+            stats = stack.app.feeds.stats
             copies = sum(1 for p in script if p.channel == XQC_V2) + 1 if duplicates else 0
             assert stats.duplicates_dropped == copies
         finally:

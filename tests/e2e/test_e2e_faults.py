@@ -185,7 +185,7 @@ async def test_refused_subscribe_fails_and_rolls_back() -> None:
             assert (reply["channelName"], reply["chatroomId"]) == ("xqc", "668")
             await eventually(lambda: stack.upstream() == {}, what="rollback upstream")
             app = stack.app
-            assert app.gateway.upstream_channels == frozenset()
+            assert app.feeds.upstream_channels == frozenset()
             assert app.pool.channels == frozenset()
             assert app.registry.count(XQC) == 0
             assert app.gateway.stats.activation_failures == 1

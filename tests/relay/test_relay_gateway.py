@@ -1,8 +1,10 @@
-"""kichat.relay.gateway with a small in-memory upstream and channel directory.
+"""kichat.relay (feeds and gateway) on the memory broker, with a small in-memory upstream,
+channel directory and rooms.
 
 The fakes are not a Pusher: just objects with ``subscribe``/``unsubscribe`` and ``channel(slug)``
-whose answers each test controls (resolve, refuse, hold). Time-based behaviour uses ``linger=0``
-(the timer fires on the next loop iteration) or a long linger, and the dedupe window a fake clock.
+whose answers each test controls (resolve, refuse, hold). Frames the gateway delivers are decoded
+back into ``(event, payload, room)``. Time-based behaviour uses ``linger=0`` (the timer fires on the
+next loop iteration) or a long linger, and the dedupe window a fake clock.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from kichat.errors import ChannelNotFound, KickBlocked, SubscriptionError
+from kichat.broker import MemoryBroker
+from kichat.errors import ChannelNotFound, FeedUnavailable, KickBlocked, SubscriptionError
+from kichat.http.websocket import iter_frames
 from kichat.relay import Gateway, RoomInfo, RoomKey
+from kichat.relay.feeds import Feeds
 from kichat.relay.gateway import STREAM_PENDING
 
 XQC = RoomKey(668, "xqc")
@@ -99,42 +104,86 @@ class Clock:
         return self.now
 
 
+class FakeRooms:
+    """Every room has members of both kinds; delivered frames are decoded and recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, str]] = []
+        self.offsets: list[str] = []
+
+    def room_kinds(self, room: str) -> tuple[bool, bool]:
+        return True, True
+
+    def deliver(self, room: str, frame: bytes | None, plain: bytes | None, position: int) -> int:
+        assert frame is not None and plain is not None
+        [(_, with_offset)] = iter_frames(frame)
+        [(_, without)] = iter_frames(plain)
+        event, payload, offset = json.loads(with_offset[2:])
+        assert json.loads(without[2:]) == [event, payload]
+        self.offsets.append(offset)
+        self.sent.append((event, payload, room))
+        return 1
+
+
+class Handler:
+    """The broker's callbacks: publications go to the gateway, the rest is not exercised here."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.on_publication = gateway.on_publication
+
+    def on_gap(self, topics: frozenset[str]) -> None: ...
+    def on_reset(self, epoch: str) -> None: ...
+    def on_lease_lost(self, topic: str) -> None: ...
+    def on_topic_released(self, topic: str) -> None: ...
+    def on_session_taken(self, pid: str) -> None: ...
+
+
 @dataclass
 class Relay:
     gateway: Gateway
+    feeds: Feeds
+    broker: MemoryBroker
     upstream: FakeUpstream
     directory: FakeDirectory
-    sent: list[tuple[str, Any, str]]
+    rooms: FakeRooms
     users: Counter[RoomKey]
     clock: Clock
+
+    @property
+    def sent(self) -> list[tuple[str, Any, str]]:
+        return self.rooms.sent
 
     def event(self, channel: str, event: str, data: Any) -> list[tuple[str, Any, str]]:
         """Feed one upstream event (data JSON-encoded, as Kick sends it); return the broadcasts."""
         before = len(self.sent)
-        self.gateway.on_upstream_event(channel, event, json.dumps(data))
+        self.feeds.on_upstream_event(channel, event, json.dumps(data))
         return self.sent[before:]
 
 
-def make(linger: float = 0.0, **options: Any) -> Relay:
-    upstream, directory, clock = FakeUpstream(), FakeDirectory(), Clock()
-    sent: list[tuple[str, Any, str]] = []
+async def make(linger: float = 0.0, **options: Any) -> Relay:
+    upstream, directory, clock, rooms = FakeUpstream(), FakeDirectory(), Clock(), FakeRooms()
     users: Counter[RoomKey] = Counter()
-
-    def broadcast(event: str, payload: object, room: str) -> int:
-        sent.append((event, payload, room))
-        return 1
-
+    broker = MemoryBroker()
+    feeds = Feeds(
+        upstream,
+        broker,
+        clock=clock,
+        **{k: options.pop(k) for k in ("chatroom_templates", "channel_templates",
+                                         "dedupe_window") if k in options},
+    )  # fmt: skip
     options.setdefault("directory", directory)
     gateway = Gateway(
-        upstream,
+        broker,
+        feeds,
         options.pop("directory"),
-        broadcast,
+        rooms,
         lambda key: users[key] > 0,
         linger=linger,
-        clock=clock,
+        feed_wait=5.0,
         **options,
     )
-    return Relay(gateway, upstream, directory, sent, users, clock)
+    await broker.start(Handler(gateway))
+    return Relay(gateway, feeds, broker, upstream, directory, rooms, users, clock)
 
 
 async def feed(r: Relay, key: RoomKey) -> RoomInfo:
@@ -153,7 +202,7 @@ async def settle() -> None:
 
 
 async def test_concurrent_acquires_share_one_activation() -> None:
-    r = make()
+    r = await make()
     r.upstream.hold = True
     r.users[XQC] = 30
     waiters = [asyncio.ensure_future(r.gateway.acquire(XQC)) for _ in range(30)]
@@ -170,7 +219,7 @@ async def test_concurrent_acquires_share_one_activation() -> None:
     assert r.upstream.calls == [("subscribe", c) for c in ALL]
     assert r.directory.lookups == {"xqc": 1}
     assert r.gateway.stats.activations == 1
-    assert r.gateway.upstream_channels == set(ALL)
+    assert r.feeds.upstream_channels == set(ALL)
     # Once active, acquire answers from memory.
     await r.gateway.acquire(XQC)
     assert r.gateway.info(XQC) == info
@@ -178,15 +227,16 @@ async def test_concurrent_acquires_share_one_activation() -> None:
 
 
 async def test_failed_subscribe_rolls_back_and_fails_every_waiter() -> None:
-    r = make()
+    r = await make()
     r.upstream.refuse = {LEGACY}
     results = await asyncio.gather(
         *(r.gateway.acquire(XQC) for _ in range(3)), return_exceptions=True
     )
-    assert all(isinstance(e, SubscriptionError) for e in results)
+    assert all(isinstance(e, FeedUnavailable) for e in results)
+    assert all(e.code == "subscription_failed" for e in results)  # type: ignore[union-attr]
     assert r.upstream.calls == [("subscribe", V2), ("subscribe", LEGACY), ("unsubscribe", V2)]
     assert r.upstream.subscribed == set()
-    assert r.gateway.upstream_channels == frozenset()
+    assert r.feeds.upstream_channels == frozenset()
     assert r.gateway.info(XQC) is None
     assert r.gateway.stats.activation_failures == 1
     assert r.directory.lookups == {}  # no lookup for a room that could not be fed
@@ -197,7 +247,7 @@ async def test_failed_subscribe_rolls_back_and_fails_every_waiter() -> None:
 
 
 async def test_rollback_keeps_channels_another_key_holds() -> None:
-    r = make()
+    r = await make()
     r.users[FAN] = 1
     await r.gateway.acquire(FAN)  # chatroom channels only: Kick does not know xqc-fan
     r.upstream.refuse = {STREAM}
@@ -220,7 +270,7 @@ async def test_rollback_keeps_channels_another_key_holds() -> None:
     ],
 )
 async def test_stream_events_unavailable_leaves_chat_flowing(case: str, expected: str) -> None:
-    r = make(directory=None) if case == "no-directory" else make()
+    r = await (make(directory=None) if case == "no-directory" else make())
     if case == "blocked":
         r.directory.blocked.add("xqc")
     elif case == "unknown":
@@ -239,14 +289,14 @@ async def test_stream_events_unavailable_leaves_chat_flowing(case: str, expected
 
 
 async def test_no_channel_templates_means_no_lookup_and_no_warning() -> None:
-    r = make(channel_templates=())
+    r = await make(channel_templates=())
     assert await feed(r, XQC) == RoomInfo(stream_events=False)
     assert r.directory.lookups == {}
     assert r.upstream.subscribed == {V2, LEGACY}
 
 
 async def test_chat_flows_while_the_channel_lookup_hangs() -> None:
-    r = make()
+    r = await make()
     r.directory.gate = asyncio.Event()  # Kick's REST API does not answer (yet)
     r.users[XQC] = 1
     await r.gateway.acquire(XQC)  # returns with the chatroom channels up
@@ -262,7 +312,7 @@ async def test_chat_flows_while_the_channel_lookup_hangs() -> None:
 
 
 async def test_room_released_during_the_lookup_leaves_nothing_subscribed() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     r.directory.gate = asyncio.Event()
     await r.gateway.acquire(XQC)
     r.gateway.release(XQC)
@@ -271,11 +321,11 @@ async def test_room_released_during_the_lookup_leaves_nothing_subscribed() -> No
     r.directory.gate.set()  # the lookup ends after the room: its stream channels go at once
     await settle()
     assert r.upstream.subscribed == set()
-    assert r.gateway.upstream_channels == frozenset()
+    assert r.feeds.upstream_channels == frozenset()
 
 
 async def test_reactivation_racing_an_old_stream_task_keeps_its_own_holds() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     r.directory.gate = asyncio.Event()
     await r.gateway.acquire(XQC)  # first activation: its stream task waits on the lookup
     r.gateway.release(XQC)
@@ -293,7 +343,7 @@ async def test_reactivation_racing_an_old_stream_task_keeps_its_own_holds() -> N
 
 
 async def test_a_channel_being_unsubscribed_is_subscribed_again_only_after() -> None:
-    r = make(linger=0.0, channel_templates=())
+    r = await make(linger=0.0, channel_templates=())
     await r.gateway.acquire(XQC)
     r.upstream.gate = asyncio.Event()  # Pusher is slow to take the unsubscribe
     r.gateway.release(XQC)
@@ -314,7 +364,7 @@ async def test_a_channel_being_unsubscribed_is_subscribed_again_only_after() -> 
 
 
 async def test_release_waits_for_the_linger_then_unsubscribes_everything() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     await feed(r, XQC)
     r.gateway.release(XQC)
     assert ("unsubscribe", V2) not in r.upstream.calls  # not synchronously
@@ -323,11 +373,11 @@ async def test_release_waits_for_the_linger_then_unsubscribes_everything() -> No
     assert sorted(c for op, c in r.upstream.calls if op == "unsubscribe") == sorted(ALL)
     assert r.gateway.info(XQC) is None
     assert r.gateway.stats.deactivations == 1
-    assert r.gateway.upstream_channels == frozenset()
+    assert r.feeds.upstream_channels == frozenset()
 
 
 async def test_linger_over_rechecks_the_registry() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     await feed(r, XQC)
     r.users[XQC] = 1  # someone subscribed again meanwhile (without calling acquire yet)
     r.gateway.release(XQC)
@@ -341,7 +391,7 @@ async def test_linger_over_rechecks_the_registry() -> None:
 
 
 async def test_reacquire_during_the_linger_keeps_the_subscription() -> None:
-    r = make(linger=60.0)
+    r = await make(linger=60.0)
     await feed(r, XQC)
     r.gateway.release(XQC)
     r.gateway.release(XQC)  # a second release does not add a second timer
@@ -354,7 +404,7 @@ async def test_reacquire_during_the_linger_keeps_the_subscription() -> None:
 
 
 async def test_acquire_between_linger_expiry_and_deactivation_wins() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     await feed(r, XQC)
     r.gateway.release(XQC)
     await asyncio.sleep(0)  # the timer fired: a deactivation task is scheduled, not yet run
@@ -366,7 +416,7 @@ async def test_acquire_between_linger_expiry_and_deactivation_wins() -> None:
 
 
 async def test_acquire_racing_a_deactivation_in_progress_resubscribes_after_it() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     await feed(r, XQC)
     r.upstream.gate = asyncio.Event()
     r.gateway.release(XQC)
@@ -385,7 +435,7 @@ async def test_acquire_racing_a_deactivation_in_progress_resubscribes_after_it()
 
 
 async def test_shared_channels_outlive_one_key() -> None:
-    r = make(linger=0.0)
+    r = await make(linger=0.0)
     await feed(r, XQC)
     await feed(r, FAN)
     assert r.upstream.count("subscribe", V2) == 1
@@ -409,28 +459,28 @@ async def active(r: Relay, *keys: RoomKey) -> None:
 
 
 async def test_copy_on_another_alias_is_dropped() -> None:
-    r = make()
+    r = await make()
     await active(r, XQC)
     data = {"id": "m1", "content": "hi"}
     assert len(r.event(V2, CHAT, data)) == 1
     assert r.event(LEGACY, CHAT, data) == []
-    assert r.gateway.stats.duplicates_dropped == 1
+    assert r.feeds.stats.duplicates_dropped == 1
     # The same id on another event name is another event.
     assert len(r.event(LEGACY, "App\\Events\\MessageDeletedEvent", {"id": "m1"})) == 1
 
 
 async def test_same_event_twice_on_one_channel_is_kept() -> None:
-    r = make()
+    r = await make()
     await active(r, XQC)
     data = {"id": "m1", "content": "hi"}
     assert len(r.event(V2, CHAT, data)) == 1
     assert len(r.event(V2, CHAT, data)) == 1
     assert len(r.event(LEGACY, CHAT, data)) == 0
-    assert r.gateway.stats.duplicates_dropped == 1
+    assert r.feeds.stats.duplicates_dropped == 1
 
 
 async def test_chatroom_updates_are_never_deduped_by_their_id() -> None:
-    r = make()
+    r = await make()
     await active(r, XQC)
     slow = {"id": 668, "slow_mode": {"enabled": True, "message_interval": 5}}
     fast = {"id": 668, "slow_mode": {"enabled": False, "message_interval": 5}}
@@ -439,13 +489,13 @@ async def test_chatroom_updates_are_never_deduped_by_their_id() -> None:
     assert len(r.event(LEGACY, UPDATED, fast)) == 1
     assert len(r.event(V2, UPDATED, slow)) == 1
     assert len(r.event(V2, UPDATED, slow)) == 1
-    assert r.gateway.stats.duplicates_dropped == 0
+    assert r.feeds.stats.duplicates_dropped == 0
 
 
 async def test_copy_without_an_id_is_recognised_by_its_text() -> None:
     # Pins, polls, subscriptions and chatroom updates carry no occurrence id; a copy on an
     # alias is the same JSON text (found by test_e2e_chatservice with duplicate_on_legacy_alias).
-    r = make()
+    r = await make()
     await active(r, XQC)
     pin = {"message": {"id": "m1"}, "duration": 20}
     assert len(r.event(V2, PINNED, pin)) == 1
@@ -455,31 +505,31 @@ async def test_copy_without_an_id_is_recognised_by_its_text() -> None:
     update = {"id": 668, "slow_mode": {"enabled": True}}
     assert len(r.event(V2, UPDATED, update)) == 1
     assert r.event(LEGACY, UPDATED, update) == []
-    assert r.gateway.stats.duplicates_dropped == 3
+    assert r.feeds.stats.duplicates_dropped == 3
     # Different text is a different occurrence.
     assert len(r.event(LEGACY, PINNED, {**pin, "duration": 30})) == 1
 
 
 async def test_dedupe_forgets_after_its_window() -> None:
-    r = make(dedupe_window=10.0)
+    r = await make(dedupe_window=10.0)
     await active(r, XQC)
     data = {"id": "m1"}
     assert len(r.event(V2, CHAT, data)) == 1
     r.clock.now += 10.5
     assert len(r.event(LEGACY, CHAT, data)) == 1
-    assert len(r.gateway.dedupe) == 1  # the old entry was swept
+    assert len(r.feeds.dedupe) == 1  # the old entry was swept
 
 
 async def test_single_alias_rooms_do_no_dedupe_work() -> None:
-    r = make(chatroom_templates=("chatrooms.{chatroom_id}.v2",), channel_templates=())
+    r = await make(chatroom_templates=("chatrooms.{chatroom_id}.v2",), channel_templates=())
     await active(r, XQC)
     for _ in range(2):
         assert len(r.event(V2, CHAT, {"id": "m1"})) == 1
-    assert len(r.gateway.dedupe) == 0
+    assert len(r.feeds.dedupe) == 0
 
 
 async def test_each_slug_gets_its_own_channel_name() -> None:
-    r = make()
+    r = await make()
     await active(r, XQC, FAN)
     sent = r.event(V2, CHAT, {"id": "m1", "content": "hi", "channel_name": "kick's own"})
     assert sorted(sent, key=lambda s: s[2]) == [
@@ -495,15 +545,15 @@ async def test_each_slug_gets_its_own_channel_name() -> None:
 
 
 async def test_malformed_and_unrouted_events_are_counted_and_dropped() -> None:
-    r = make()
+    r = await make()
     await active(r, XQC)
-    r.gateway.on_upstream_event(V2, CHAT, '{"id": "m1", "content": ')
-    r.gateway.on_upstream_event(V2, CHAT, "NaN")
-    r.gateway.on_upstream_event("chatrooms.999.v2", CHAT, '{"id": "x"}')
+    r.feeds.on_upstream_event(V2, CHAT, '{"id": "m1", "content": ')
+    r.feeds.on_upstream_event(V2, CHAT, "NaN")
+    r.feeds.on_upstream_event("chatrooms.999.v2", CHAT, '{"id": "x"}')
     assert r.sent == []
-    assert r.gateway.stats.malformed == 2
-    assert r.gateway.stats.unrouted == 1
-    assert r.gateway.stats.events_in == 3
+    assert r.feeds.stats.malformed == 2
+    assert r.feeds.stats.unrouted == 1
+    assert r.feeds.stats.events_in == 3
     # The relay carries on.
     assert len(r.event(V2, CHAT, {"id": "m2"})) == 1
 
@@ -511,10 +561,10 @@ async def test_malformed_and_unrouted_events_are_counted_and_dropped() -> None:
 async def test_dedupe_window_zero_disables_dedupe() -> None:
     # relay.dedupe_window: "0 disables". With a clock that has not moved (coarse clocks do
     # that within one event burst), a copy used to be dropped all the same.
-    r = make(dedupe_window=0.0)
+    r = await make(dedupe_window=0.0)
     await active(r, XQC)
     data = {"id": "m1"}
     assert len(r.event(V2, CHAT, data)) == 1
     assert len(r.event(LEGACY, CHAT, data)) == 1
-    assert r.gateway.stats.duplicates_dropped == 0
-    assert len(r.gateway.dedupe) == 0
+    assert r.feeds.stats.duplicates_dropped == 0
+    assert len(r.feeds.dedupe) == 0

@@ -28,6 +28,7 @@ from kichat.config.loading import (
 from kichat.config.schema import (
     KICK_API_URL,
     KICK_PUSHER_URL,
+    ClusterSettings,
     KickApiSettings,
     LimitsSettings,
     LogSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "ENV_PREFIX",
     "KICK_API_URL",
     "KICK_PUSHER_URL",
+    "ClusterSettings",
     "KickApiSettings",
     "LimitsSettings",
     "LogSettings",

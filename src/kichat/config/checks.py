@@ -135,6 +135,42 @@ def check_proxy(value: str) -> str | None:
     return _url_problem(value, ("http", "https"), "an http(s) proxy URL or empty", echo=False)
 
 
+def check_redis_url(value: str) -> str | None:
+    if value == "":
+        return None
+    # Never echo it: a Redis URL may carry a password.
+    if value.startswith("unix://"):
+        return None if len(value) > len("unix://") else "must name a socket path (unix:///path)"
+    problem = _url_problem(value, ("redis", "rediss"), "a redis:// or rediss:// URL", echo=False)
+    if problem:
+        return problem
+    path = urlsplit(value).path.strip("/")
+    if path and not path.isdigit():
+        return "its path must be a database number (redis://host:6379/0)"
+    return None
+
+
+def check_workers(value: str) -> str | None:
+    if value == "auto" or (value.isdigit() and 1 <= int(value) <= 64):
+        return None
+    return f"must be a number of worker processes (1-64) or auto, got {short(value)}"
+
+
+_NODE_ID_RE = re.compile(r"[a-z0-9]{1,16}")
+
+
+def check_node_id(value: str) -> str | None:
+    if value == "" or _NODE_ID_RE.fullmatch(value):
+        return None
+    return f"must be 1-16 of a-z 0-9 (it starts every session id of this node), got {short(value)}"
+
+
+def check_key_prefix(value: str) -> str | None:
+    if 1 <= len(value) <= 64 and value.isprintable() and " " not in value:
+        return None
+    return f"must be 1-64 printable characters without spaces, got {short(value)}"
+
+
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 

@@ -385,6 +385,18 @@ def _cross_problems(s: Settings, source: Callable[[str], str]) -> list[str]:
                 f" ({source('relay.chatroom_channels')}), so a chatroom id and a channel id"
                 " would name the same Pusher channel"
             )
+    if s.server.workers != "1" and not s.cluster.redis_url:
+        problems.append(
+            f"server.workers ({source('server.workers')}): {s.server.workers} worker processes"
+            " need cluster.redis_url, because the workers of one server are nodes of one cluster"
+            " (they share feeds and sessions through Redis): run a redis-server and pass"
+            " --redis-url redis://127.0.0.1:6379/0, or use one worker"
+        )
+    if s.server.workers != "1" and len(s.cluster.node_id) > 13:
+        problems.append(
+            f"cluster.node_id ({source('cluster.node_id')}): with several workers, at most 13"
+            " characters (each worker's id is the node id, 'w' and its number)"
+        )
     return problems
 
 

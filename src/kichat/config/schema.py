@@ -16,11 +16,15 @@ from kichat.config.checks import (
     check_emote_url,
     check_headers,
     check_host,
+    check_key_prefix,
     check_networks,
+    check_node_id,
     check_origins,
     check_proxy,
     check_pusher_url,
+    check_redis_url,
     check_sio_path,
+    check_workers,
     choice,
     option,
     templates,
@@ -84,6 +88,12 @@ class ServerSettings:
         check=between(0, 3600),
     )
     use_uvloop: bool = option(True, "Use uvloop's event loop when it is installed.")
+    workers: str = option(
+        "1",
+        "Worker processes serving this address (auto: one per CPU); more than 1 needs"
+        " cluster.redis_url, the workers being nodes of one cluster.",
+        check=check_workers,
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -292,6 +302,62 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterSettings:
+    """Cluster mode: several kichat processes sharing one Redis behave as one gateway."""
+
+    redis_url: str = option(
+        "",
+        "Redis URL (redis://, rediss:// or unix://) shared by every node; empty: one process,"
+        " nothing shared (the default).",
+        check=check_redis_url,
+        aliases=("KICHAT_REDIS_URL",),
+        secret=True,
+    )
+    node_id: str = option(
+        "",
+        "This node's id, 1-16 of a-z 0-9, unique in the cluster; it starts every session id, so"
+        " a reverse proxy can route long-polling by it. Empty: a random one at each start.",
+        check=check_node_id,
+    )
+    key_prefix: str = option(
+        "kichat:", "Prefix of every Redis key and channel of this cluster.", check=check_key_prefix
+    )
+    lease_ttl: float = option(
+        10.0,
+        "Lifetime of a feed's lease: a node cut off from Redis gives its feeds up after 80 %"
+        " of it, and another node takes them at most this long after.",
+        check=between(1, 300),
+    )
+    node_timeout: float = option(
+        1.5,
+        "A node that has not refreshed its heartbeat in Redis for this long counts as dead, and"
+        " the feeds it owned are taken over (it beats three times per period).",
+        check=between(0.3, 60),
+    )
+    owner_check_interval: float = option(
+        1.0,
+        "How often a node checks that the feeds its clients read have a live owner (a killed"
+        " owner is replaced within about this long).",
+        check=between(0.05, 60),
+    )
+    history_size: int = option(
+        10_000,
+        "Most publications kept per feed for recovery (they are also trimmed by the recovery"
+        " window).",
+        check=between(100, 10_000_000),
+    )
+    command_timeout: float = option(
+        2.0, "Timeout of one Redis command or connection attempt.", check=between(0.1, 60)
+    )
+    backfill_window: float = option(
+        30.0,
+        "After a takeover, chat from Kick's history this recent (and not yet published) is"
+        " published to fill the gap.",
+        check=between(0, 3600),
+    )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogSettings:
     """Logging."""
 
@@ -331,5 +397,6 @@ class Settings:
     kick_api: KickApiSettings = field(default_factory=KickApiSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     log: LogSettings = field(default_factory=LogSettings)
     pages: PagesSettings = field(default_factory=PagesSettings)

@@ -101,6 +101,12 @@ def serialize_response(resp: Response, *, keep_alive: bool, head: bool = False) 
     return b"".join(lines)
 
 
+# Another process may serve a connection: called with the start of a request on an idle
+# connection (at least its request line) and the transport; True if it took the connection.
+Redirect = Callable[[bytes, asyncio.Transport], bool]
+_REQUEST_LINE_LIMIT: Final = 8 * 1024  # what a redirect may look at before the request is ours
+
+
 class HttpServer:
     """Owns the listening socket and every connection, for a clean shutdown."""
 
@@ -129,17 +135,48 @@ class HttpServer:
         # kernel memory a client that stops reading can pin, and makes the slow-client cut-off
         # (the outbound buffer limit) take effect after a predictable amount of data.
         self.send_buffer_size = send_buffer_size
+        # Set by ``kichat serve --workers``: hand connections to the worker owning their session.
+        self.redirect: Redirect | None = None
         self.http_connections: set[HttpProtocol] = set()
         self.websockets: set[WebSocket] = set()
         self._http_drained = asyncio.Event()
         self._ws_drained = asyncio.Event()
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
+    async def start(
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 2048,
+        start_serving: bool = True,
+        reuse_port: bool = False,
+    ) -> None:
+        """Bind ``host:port`` (raising OSError if it is taken); accept connections now, or
+        from :meth:`serve` on (``start_serving=False``: bind early, serve once ready).
+        ``reuse_port``: several processes listen on the port, the kernel spreads connections."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True
-        )
+            lambda: HttpProtocol(self), host, port, backlog=backlog, reuse_address=True,
+            reuse_port=reuse_port or None, start_serving=start_serving,
+        )  # fmt: skip
+
+    async def serve(self) -> None:
+        assert self._server is not None, "server not started"
+        await self._server.start_serving()
+
+    async def start_unix(self, path: str) -> asyncio.Server:
+        """Also serve on a Unix socket (the workers of one server ask each other there)."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_unix_server(lambda: HttpProtocol(self), path)
+
+    async def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serve a connection another process accepted, ``data`` being what it read of it."""
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        _, protocol = await loop.connect_accepted_socket(lambda: HttpProtocol(self), sock=sock)
+        if data:
+            protocol.data_received(data, redirectable=False)
 
     @property
     def port(self) -> int:
@@ -220,6 +257,7 @@ class HttpProtocol(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.write_buffered = 0  # write buffer size when the write timer was armed
+        self.head = b""  # the start of a request a redirect has not decided on yet
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -240,13 +278,44 @@ class HttpProtocol(asyncio.Protocol):
         self.server.http_connections.add(self)
         self._update_timer()
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, *, redirectable: bool = True) -> None:
         if self.closing:
             self._linger(len(data))
             return
         assert self.reader is not None
+        if redirectable and self._at_request_start():
+            data = self._redirect(data)
+            if not data:
+                return
         self.reader.feed(data)
         self._pump()
+
+    def _at_request_start(self) -> bool:
+        """A redirect is configured and nothing of a request is buffered or being handled."""
+        return (
+            self.server.redirect is not None
+            and self.task is None
+            and not self.queue
+            and self.reader is not None
+            and self.reader.buffered == 0
+        )
+
+    def _redirect(self, data: bytes) -> bytes:
+        """A new request on an idle connection: let the redirect look at its request line
+        first. Returns the bytes to parse here (empty: wait for more, or taken elsewhere)."""
+        head = self.head + data
+        if b"\n" not in head and len(head) < _REQUEST_LINE_LIMIT:
+            self.head = head
+            return b""
+        self.head = b""
+        assert self.server.redirect is not None and self.transport is not None
+        if self.server.redirect(head, self.transport):
+            self.closing = True
+            self._disarm()
+            self.server.forget_http(self)
+            self.transport.close()  # our descriptor only: the connection lives on elsewhere
+            return b""
+        return head
 
     def eof_received(self) -> bool | None:
         if self.lingering:

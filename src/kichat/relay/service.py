@@ -41,6 +41,7 @@ from typing import Any
 
 from kichat.errors import (
     ClientInputError,
+    FeedUnavailable,
     PusherFatalError,
     SubscriptionError,
     UpstreamError,
@@ -50,6 +51,7 @@ from kichat.kick.names import parse_chatroom_id, parse_slug
 from kichat.limits import ApiKeys, ConnectionCounter, Network, RateLimiter, client_ip
 from kichat.relay.gateway import Gateway, RoomInfo
 from kichat.relay.registry import Registry, RoomKey
+from kichat.relay.sessions import RelaySessions
 from kichat.sio import Ack, ConnectRefused, Namespace, Socket
 from kichat.sio.admission import Refusal
 
@@ -69,6 +71,7 @@ class RelayService:
         nsp: Namespace,
         gateway: Gateway,
         registry: Registry,
+        sessions: RelaySessions,
         *,
         max_subscriptions: int = 50,
         subscribe_rate: int = 20,
@@ -84,6 +87,8 @@ class RelayService:
         self.upstream_refusal = upstream_refusal
         self.gateway = gateway
         self.registry = registry
+        self.sessions = sessions
+        sessions.nsp = nsp
         # How long a subscribe reply waits to say whether stream events work; chat flows anyway.
         self.stream_lookup_wait = stream_lookup_wait
         self.max_subscriptions = max_subscriptions
@@ -122,6 +127,7 @@ class RelayService:
             self.stats.refused_connections["unauthorized"] += 1
             raise ConnectRefused("unauthorized", dict(_UNAUTHORIZED))
         self._count(sock)
+        self.sessions.connected(sock)
 
     def _count(self, sock: Socket) -> None:
         """Take a live connection slot for the socket's client IP, or refuse it."""
@@ -150,6 +156,7 @@ class RelayService:
         self._release(sock)
         for key in self.registry.remove_all(sock.sid):
             self.gateway.release(key)
+        self.sessions.closed(sock, reason)
 
     # -- subscribe / unsubscribe ---------------------------------------------------------------
 
@@ -176,6 +183,7 @@ class RelayService:
         if not sock.connected:
             return  # gone while we waited; its disconnect already cleaned the registry up
         sock.join(key.room)  # chat flows from here on
+        self.sessions.joined(sock, key)
         info = await self.gateway.stream_info(key, within=self.stream_lookup_wait)
         self._ok(sock, ack, key, info)
 
@@ -190,6 +198,7 @@ class RelayService:
         sock.leave(key.room)
         if self.registry.remove(key, sock.sid):
             self.gateway.release(key)
+        self.sessions.left(sock)
         if ack is not None:
             ack({"ok": True, **_describe(key)})
 
@@ -282,6 +291,8 @@ def _echo(args: list[Any]) -> dict[str, str]:
 
 
 def _upstream_problem(exc: UpstreamError) -> ClientInputError:
+    if isinstance(exc, FeedUnavailable):
+        return ClientInputError(exc.code, exc.message)
     if isinstance(exc, SubscriptionError):
         return ClientInputError(
             "subscription_failed", f"Kick did not accept the subscription: {exc.message}"

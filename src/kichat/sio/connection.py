@@ -62,6 +62,7 @@ class Connection:
         "client",
         "closed",
         "dirty",
+        "holding",
         "peer",
         "pending",
         "poll",
@@ -98,6 +99,8 @@ class Connection:
         self.posting = False
         self.closed = False
         self.sockets: dict[str, Socket] = {}
+        # Namespaces whose CONNECT is being restored by a session store: their packets wait.
+        self.holding: dict[str, list[parser.Packet]] = {}
         self._binary: parser.Packet | None = None  # a packet waiting for its attachments
         self._timer: asyncio.TimerHandle | None = None
 

@@ -8,6 +8,7 @@ import inspect
 import logging
 import re
 import secrets
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
@@ -30,6 +31,10 @@ CLIENT_DISCONNECT: Final = "client namespace disconnect"
 SERVER_DISCONNECT: Final = "server namespace disconnect"
 EVENT_OVERFLOW: Final = "too many pending events"
 _OFFSET: Final = re.compile("[0-9]{1,18}")  # what we send; anything else is not ours
+SESSION_MOVED: Final = "session moved"  # restored on another node: not a disconnect of the client
+# Broadcasts held for one socket while a session store restores it (a restore takes a few round
+# trips to the store; past this many, the restore fails and the client starts afresh).
+_RESTORE_BUFFER: Final = 10_000
 
 ConnectHandler = Callable[["Socket", dict[str, Any]], Awaitable[None] | None]
 DisconnectHandler = Callable[["Socket", str], Awaitable[None] | None]
@@ -37,8 +42,9 @@ TransportHandler = Callable[["Socket"], None]
 EventHandler = Callable[["Socket", list[Any], "Ack | None"], Awaitable[None] | None]
 
 
-def new_id() -> str:
-    return secrets.token_urlsafe(15)  # 20 characters, like the reference server's ids
+def new_id(length: int = 20) -> str:
+    """A random id of ``length`` URL-safe characters (20, like the reference server's ids)."""
+    return secrets.token_urlsafe(length * 3 // 4)[:length]
 
 
 class Ack:
@@ -82,6 +88,7 @@ class Socket:
         "_inbox",
         "_inbox_bytes",
         "_pending",
+        "_restoring",
         "auth",
         "base_offset",
         "client",
@@ -121,6 +128,9 @@ class Socket:
         self._inbox_bytes = 0  # what the client sent for the events in the inbox
         self._busy = False
         self._pending: list[bytes] | None = []  # sent before the CONNECT reply went out
+        # While a session store restores this socket: broadcasts that reached its rooms, with
+        # their positions, to send after the missed packets (None otherwise).
+        self._restoring: list[tuple[int, bytes]] | None = None
 
     def __repr__(self) -> str:
         return f"<Socket {self.sid} nsp={self.nsp.name} rooms={len(self.rooms)}>"
@@ -305,13 +315,40 @@ class Namespace:
         server.stats.deliveries += sent
         return sent
 
-    def _deliver(self, members: Iterable[Socket], frame: bytes) -> int:
+    def room_kinds(self, room: str) -> tuple[bool, bool]:
+        """Whether ``room`` has members that receive offsets, and members that do not."""
+        members = self.rooms.get(room)
+        if members is None:
+            return False, False
+        return bool(members.offsets), bool(members.plain)
+
+    def deliver(self, room: str, frame: bytes | None, plain: bytes | None, position: int) -> int:
+        """Queue pre-built frames to ``room``'s members: ``frame`` (its offset already in it) to
+        those that receive offsets, ``plain`` to the others. ``position`` orders it for sockets
+        being restored by a session store (see :class:`kichat.sio.SessionStore`)."""
+        members = self.rooms.get(room)
+        if members is None:
+            return 0
+        server = self.server
+        server.stats.broadcasts += 1
+        sent = 0
+        if frame is not None and members.offsets:
+            sent += self._deliver(members.offsets, frame, position)
+        if plain is not None and members.plain:
+            sent += self._deliver(members.plain, plain)
+        server.stats.deliveries += sent
+        return sent
+
+    def _deliver(self, members: Iterable[Socket], frame: bytes, position: int = 0) -> int:
         # The hot loop: no encoding, no allocation per recipient beyond a list slot.
         dirty = self.server._dirty
         sent = 0
         for sock in members:
             conn = sock.conn
             if conn is None:
+                restoring = sock._restoring
+                if restoring is not None and len(restoring) < _RESTORE_BUFFER:
+                    restoring.append((position, frame))
                 continue
             if not conn.dirty:
                 conn.dirty = True
@@ -349,9 +386,49 @@ class Namespace:
         offset = auth.pop("offset", None)
         server = self.server
         if server.recovery and isinstance(pid, str):
+            if server.store is not None:
+                conn.holding[self.name] = []
+                server.track(asyncio.ensure_future(self._restore_from(conn, pid, offset, auth)))
+                return
             old = server.detached.get(pid)
             if old is not None and old.nsp is self and self._restore(old, conn, offset):
                 return
+        self._fresh(conn, auth)
+
+    async def _restore_from(
+        self, conn: Connection, pid: str, offset: object, auth: dict[str, Any]
+    ) -> None:
+        """Restore through the session store; packets of this namespace wait meanwhile."""
+        store = self.server.store
+        assert store is not None
+        restored: Socket | None = None
+        refused = False
+        try:
+            restored = await store.restore(self, conn, pid, offset)
+        except ConnectRefused as exc:
+            refused = True
+            if not conn.closed:
+                conn.send(self._refusal(exc))
+        except Exception:
+            self.server.stats.handler_errors += 1
+            log.exception("restoring a session failed")
+        held = conn.holding.pop(self.name, [])
+        if conn.closed:
+            if restored is not None:
+                restored.nsp._detach(restored, TRANSPORT_CLOSE, time.monotonic())
+            return
+        if restored is None:
+            self.server.stats.recovery_failed += 1
+            if refused:
+                return
+            self._fresh(conn, auth)
+        for packet in held:
+            if conn.closed:
+                break
+            self.server.dispatch(conn, packet)
+
+    def _fresh(self, conn: Connection, auth: dict[str, Any]) -> None:
+        server = self.server
         offsets = server.recovery and auth.get("recovery") is not False
         sock = Socket(self, conn, auth, offsets)
         conn.sockets[self.name] = sock
@@ -393,6 +470,74 @@ class Namespace:
             conn.send(frame)
         log.debug("recovered socket %s with %d missed packets", sock.sid, len(missed))
         return True
+
+    # -- restoring through a session store ---------------------------------------------------
+
+    def revive(self, conn: Connection, pid: str, sid: str) -> Socket:
+        """The socket of session ``pid`` to restore on ``conn``: the one detached here, or a new
+        one (with the session's ``sid``) for the store to put back into its rooms. Broadcasts to
+        its rooms are held for it from now on, until :meth:`attach` or :meth:`abandon`."""
+        server = self.server
+        sock = server.detached.get(pid)
+        if sock is not None and sock.nsp is self:
+            server.undetach(sock)
+        else:
+            sock = Socket(self, conn, {}, offsets=True)
+            sock.sid = sid
+            sock.pid = pid
+            sock._pending = None
+        sock._restoring = []
+        return sock
+
+    def attach(self, sock: Socket, conn: Connection, frames: Iterable[bytes], upto: int) -> bool:
+        """Finish a restore: the CONNECT reply, the missed ``frames`` (positions up to ``upto``),
+        then the broadcasts held meanwhile that came after ``upto``. False if more broadcasts
+        arrived meanwhile than could be held (the caller abandons the restore then). The
+        restore handler may refuse (ConnectRefused, raised after the socket was ended)."""
+        held = sock._restoring or []
+        if len(held) >= _RESTORE_BUFFER:
+            return False
+        sock.handshake = conn.request
+        sock.client = conn.client
+        if self._restore_handler is not None:
+            try:
+                self._restore_handler(sock)
+            except ConnectRefused:
+                self.abandon(sock, sock.disconnect_reason or TRANSPORT_CLOSE)
+                raise
+        sock._restoring = None
+        sock.connected = True
+        sock.recovered = True
+        sock.detached_at = None
+        sock.conn = conn
+        conn.sockets[self.name] = sock
+        self.sockets[sock.sid] = sock
+        self.server.joined(conn)
+        conn.send(self._connect_reply(sock))
+        for frame in frames:
+            conn.send(frame)
+        for position, frame in held:
+            if position > upto:
+                conn.send(frame)
+        self.server.stats.recovered += 1
+        return True
+
+    def abandon(self, sock: Socket, reason: str) -> None:
+        """A restore that failed: the socket is gone for good."""
+        sock._restoring = None
+        self._finalize(sock, reason)
+
+    def evict(self, pid: str) -> None:
+        """Session ``pid`` was restored elsewhere: drop what is left of it here, quietly."""
+        sock = self.server.detached.get(pid)
+        if sock is None:
+            sock = next((s for s in self.sockets.values() if s.pid == pid), None)
+        if sock is None or sock.nsp is not self:
+            return
+        conn = sock.conn
+        self._finalize(sock, SESSION_MOVED)
+        if conn is not None and not conn.sockets:
+            conn.close(FORCED_CLOSE)
 
     def _run_connect(self, sock: Socket, conn: Connection) -> Awaitable[None] | None:
         handler = self._connect_handler
@@ -465,6 +610,8 @@ class Namespace:
                 self.server.stats.handler_errors += 1
                 log.exception("detach handler failed for socket %s", sock.sid)
         self.server.detach(sock)
+        if self.server.store is not None:
+            self.server.store.on_detached(sock)
 
     def _finalize(self, sock: Socket, reason: str) -> None:
         """The socket is gone for good: leave rooms, tell the application once."""

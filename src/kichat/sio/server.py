@@ -68,6 +68,7 @@ from kichat.sio.connection import (
 )
 from kichat.sio.errors import ParseError
 from kichat.sio.namespace import Namespace, Socket, new_id
+from kichat.sio.store import SessionStore
 
 log = logging.getLogger("kichat.sio")
 
@@ -180,6 +181,8 @@ class Server:
         pending_per_client: int = 10,
         max_pending: int = 10_000,
         detached_per_client: int = 10,
+        store: SessionStore | None = None,
+        sid_prefix: str = "",
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -203,6 +206,12 @@ class Server:
         # then the budgets of the client ``client_key`` names (see kichat.sio.admission).
         self.allow_request = allow_request
         self.client_key = client_key
+        # Where sessions go while their client is away, and how they come back (another node
+        # may restore them); None: in this process, with the namespace's own recovery log.
+        self.store = store
+        # Starts every Engine.IO session id: in a cluster, the node's id, so that a reverse
+        # proxy (or the worker that accepted a connection) can route a poll to its session.
+        self.sid_prefix = sid_prefix
         self.budgets = Budgets(
             pending_per_client=pending_per_client,
             max_pending=max_pending,
@@ -299,6 +308,12 @@ class Server:
             elif packet.nsp not in conn.sockets:
                 auth = dict(packet.data) if isinstance(packet.data, dict) else {}
                 nsp._connect(conn, auth)
+            return
+        held = conn.holding.get(packet.nsp)
+        if held is not None:
+            if len(held) >= self.max_pending_events:
+                raise ParseError("too many packets while the session is being restored")
+            held.append(packet)
             return
         sock = conn.sockets.get(packet.nsp)
         if sock is None:
@@ -399,7 +414,7 @@ class Server:
             return Response(200, body, _text_headers(cors))
         conn_or_none = self.sessions.get(sid)
         if conn_or_none is None:
-            return _eio_error(engineio.UNKNOWN_SID, cors)
+            return self._unknown_sid(sid, cors)
         if conn_or_none.transport != POLLING:
             return _eio_error(engineio.BAD_REQUEST, cors)
         if request.method == "GET":
@@ -425,12 +440,22 @@ class Server:
             return WebSocketUpgrade(lambda sock: self._open_websocket(sock, request, key), **limits)
         conn = self.sessions.get(sid)
         if conn is None:
-            return _eio_error(engineio.UNKNOWN_SID, cors)
+            return self._unknown_sid(sid, cors)
         if conn.transport != POLLING or conn.probe is not None:
             # Already upgraded, or an upgrade in progress: like the reference server, accept
             # the WebSocket and close it at once, so the client sees a clean close.
             return WebSocketUpgrade(_Refused, **limits)
         return WebSocketUpgrade(lambda sock: _Probe(conn, sock), **limits)
+
+    def _unknown_sid(self, sid: str, cors: list[tuple[str, str]] | None) -> Response:
+        node, sep, _ = sid.partition("_")
+        if self.sid_prefix and sep and f"{node}_" != self.sid_prefix:
+            message = (
+                f"Session ID unknown: it belongs to node {node[:16]!r}, not this one; route "
+                "requests by the sid's prefix (the client reconnects and recovers its session)"
+            )
+            return _eio_error(engineio.UNKNOWN_SID, cors, message=message)
+        return _eio_error(engineio.UNKNOWN_SID, cors)
 
     async def _admit(self, request: Request, key: str) -> Refusal | None:
         """Admission of a new Engine.IO session: the application's check, then the budgets
@@ -452,7 +477,7 @@ class Server:
         return Response.json(body, refusal.status, cors or [])
 
     def _open(self, request: Request, transport: str, key: str) -> Connection:
-        sid = new_id()
+        sid = self.sid_prefix + new_id(16) if self.sid_prefix else new_id()
         conn = Connection(self, sid, request, transport)
         conn.client = key
         self.sessions[sid] = conn

@@ -8,13 +8,15 @@ event loop is lagging, or the gateway is shutting down.
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from kichat import __version__
+from kichat import __version__, workers
 from kichat.http import Request, Response
 from kichat.web import openapi
 from kichat.web.router import Route, Router
@@ -60,29 +62,43 @@ class Ops:
         status = self.app.pool.status()
         if status.fatal:
             reasons.append(f"upstream refuses the gateway: {status.fatal_error}")
+        broker = self.app.broker.status()
+        if broker.problem is not None:
+            reasons.append(f"cluster: {broker.problem}")
         lag = self.app.loop_lag.lag
         if lag > LAG_LIMIT:
             reasons.append(f"event loop lagging by {lag:.2f} s")
         return reasons
 
     async def metrics_text(self, request: Request, params: dict[str, str]) -> Response:
-        return Response(200, generate_latest(self.metrics), [("Content-Type", CONTENT_TYPE_LATEST)])
+        text = generate_latest(self.metrics).decode()
+        worker = self.app.worker
+        if worker is not None and "worker" not in request.query:
+            text = await workers.all_metrics(worker, text)  # the whole server, per worker
+        return Response(200, text.encode(), [("Content-Type", CONTENT_TYPE_LATEST)])
 
     async def stats(self, request: Request, params: dict[str, str]) -> Response:
+        worker = self.app.worker
+        if worker is not None and "worker" not in request.query:
+            return Response.json(await workers.all_stats(worker, self.snapshot()))
         return Response.json(self.snapshot())
 
     def snapshot(self) -> dict[str, Any]:
         app = self.app
         pool = app.pool.status()
         gw = app.gateway
-        return {
+        snapshot = {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started, 1),
             "clients": app.sio.snapshot(),
             "sio": {k: v for k, v in vars(app.sio.stats).items() if k != "disconnects"}
             | {"disconnects": dict(app.sio.stats.disconnects)},
             "relay": vars(gw.stats)
-            | {"active_rooms": gw.active_rooms, "upstream_channels": len(gw.upstream_channels)},
+            | vars(app.feeds.stats)
+            | {
+                "active_rooms": gw.active_rooms,
+                "upstream_channels": len(app.feeds.upstream_channels),
+            },
             "subscribes": dict(app.service.stats.subscribes),
             "refused_connections": dict(app.service.stats.refused_connections),
             "upstream": {
@@ -117,6 +133,27 @@ class Ops:
             "event_loop_lag_seconds": round(app.loop_lag.lag, 4),
             "ready": not self.not_ready_reasons(),
         }
+        cluster = self._cluster_figures()
+        if cluster is not None:
+            snapshot["cluster"] = cluster
+        if app.link is not None:
+            snapshot["worker"] = {
+                "pid": os.getpid(),
+                "handed_over": app.link.handed,  # connections passed to the worker owning them
+                "adopted": app.link.adopted,
+            }
+        return snapshot
+
+    def _cluster_figures(self) -> dict[str, Any] | None:
+        """Cluster mode's figures (``None`` in one process: there is no cluster to show)."""
+        app = self.app
+        status = app.broker.status()
+        if status.backend == "memory":
+            return None
+        figures = {k: v for k, v in asdict(status).items() if k != "details"} | status.details
+        figures["owned"] = sorted(app.feeds.owned)
+        figures["read"] = sorted(app.gateway.topics)
+        return figures
 
     def _rest_figures(self) -> dict[str, Any]:
         web = self.app.web_stats
