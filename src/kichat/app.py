@@ -60,6 +60,7 @@ class App:
             pong_timeout=s.pusher.pong_timeout,
             subscribe_timeout=s.pusher.subscribe_timeout,
             subscribe_retries=s.pusher.subscribe_retries,
+            connect_wait=s.pusher.connect_wait,
             backoff=Backoff(initial=s.pusher.backoff_initial, maximum=s.pusher.backoff_max),
             fatal_retry_interval=s.pusher.fatal_retry_interval,
             extra_headers=s.pusher.headers,

@@ -25,6 +25,7 @@ from types import TracebackType
 from kichat.errors import ConfigError, PusherFatalError, PusherUnavailable
 from kichat.kick.pusher.backoff import Backoff
 from kichat.kick.pusher.connection import DEFAULT_USER_AGENT, ConnectionStatus, PusherConnection
+from kichat.kick.pusher.outage import OutageLog
 
 __all__ = ["PoolStatus", "PusherPool"]
 
@@ -76,6 +77,7 @@ class PusherPool:
         pong_timeout: float = 30.0,
         subscribe_timeout: float = 10.0,
         subscribe_retries: int = 2,
+        connect_wait: float = 5.0,
         backoff: Backoff | None = None,
         fatal_retry_interval: float = 300.0,
         open_timeout: float = 10.0,
@@ -92,6 +94,8 @@ class PusherPool:
             )
         self._max = max_channels_per_connection
         self._idle_close_after = idle_close_after
+        # One outage for the whole pool: forty connections refused alike make one warning.
+        self.outage = OutageLog()
         self._connection_factory = functools.partial(
             PusherConnection,
             url,
@@ -100,6 +104,8 @@ class PusherPool:
             pong_timeout=pong_timeout,
             subscribe_timeout=subscribe_timeout,
             subscribe_retries=subscribe_retries,
+            connect_wait=connect_wait,
+            outage=self.outage,
             backoff=backoff,
             fatal_retry_interval=fatal_retry_interval,
             healthy_after=healthy_after,
