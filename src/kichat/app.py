@@ -166,7 +166,7 @@ class App:
         log.info("shutting down: draining %d client connection(s), at most %.1f s", clients, grace)
         # The upstream closes while clients drain: events arriving now would reach nobody.
         upstream = asyncio.ensure_future(self._close_upstream())
-        await self.sio.close(timeout=grace)
+        await self.sio.close(grace=grace)
         await self.http.close(grace_period=max(0.0, deadline - loop.time()))
         await upstream
         await self.kick.aclose()

@@ -50,7 +50,7 @@ async def test_websocket_gets_the_queued_packets_then_close_1001() -> None:
         assert (await asyncio.wait_for(ws.recv(), 5 * UNIT)).startswith("40{")
         assert (await asyncio.wait_for(ws.recv(), 5 * UNIT)).startswith('431["joined"')
         emit_three(h)
-        await h.sio.close(timeout=2 * UNIT)
+        await h.sio.close(grace=2 * UNIT)
         got = []
         try:
             while True:
@@ -68,7 +68,7 @@ async def test_a_pending_poll_gets_the_queue_and_the_next_one_the_close() -> Non
         pending = asyncio.ensure_future(http.get(poll_url(h, sid)))
         await h.wait_for(lambda: h.sio.sessions[sid].poll is not None, 5 * UNIT)
         emit_three(h)
-        drain = asyncio.ensure_future(h.sio.close(timeout=5 * UNIT))
+        drain = asyncio.ensure_future(h.sio.close(grace=5 * UNIT))
         # socket.io-client handles packets that share a payload with the close packet only
         # after its disconnect: the queue and the close come in two responses.
         assert [p.split(",")[1] for p in (await pending).text.split("\x1e")] == ["0", "1", "2"]
@@ -82,7 +82,7 @@ async def test_a_client_between_two_polls_gets_them_on_its_next_gets() -> None:
     async with serve_sio(**LONG_FLUSH) as h, httpx.AsyncClient(timeout=5 * UNIT) as http:
         sid = await polling_in_room(h, http)
         emit_three(h)
-        drain = asyncio.ensure_future(h.sio.close(timeout=5 * UNIT))
+        drain = asyncio.ensure_future(h.sio.close(grace=5 * UNIT))
         await h.wait_for(lambda: h.sio.closing, 5 * UNIT)
         # A packet the client sends meanwhile is moot, and not an error.
         assert (await http.post(poll_url(h, sid), content=b"3")).text == "ok"
@@ -98,7 +98,7 @@ async def test_new_sessions_are_refused_while_draining_and_the_drain_is_bounded(
         await polling_in_room(h, http)  # never polls again: holds the drain until its timeout
         loop = asyncio.get_running_loop()
         started = loop.time()
-        drain = asyncio.ensure_future(h.sio.close(timeout=0.5 * UNIT))
+        drain = asyncio.ensure_future(h.sio.close(grace=0.5 * UNIT))
         await h.wait_for(lambda: h.sio.closing, 5 * UNIT)
         refused = await http.get(poll_url(h))
         assert refused.status_code == 503

@@ -222,13 +222,13 @@ class Server:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeep())
 
-    async def close(self, timeout: float = 5.0) -> None:
+    async def close(self, grace: float = 5.0) -> None:
         """Drain: refuse new sessions, flush what is queued to every client and close its
         transport (WebSocket: close 1001; long-polling: the pending or next GET gets the close
         packet), so that clients see a transport close and reconnect, here after a restart or
         to another instance. Every socket ends (``on_disconnect`` with ``server shutting
         down``): sessions are not recoverable after this. Returns once every polling client
-        has had its last GET, or after ``timeout`` seconds. (The HTTP server sees the
+        has had its last GET, or after ``grace`` seconds. (The HTTP server sees the
         WebSocket closing handshakes through.)"""
         self.closing = True
         if self._housekeeping is not None:
@@ -241,7 +241,7 @@ class Server:
         if self._final_polls:
             self._final_polls_done.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._final_polls_done.wait(), timeout)
+                await asyncio.wait_for(self._final_polls_done.wait(), grace)
             self._final_polls.clear()
         for task in list(self._tasks):
             task.cancel()
