@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from kichat.http import HttpServer, Request, Response, WebSocket, WebSocketUpgrade
 
-from conftest import UNIT
+from conftest import UNIT, eventually
 
 
 class Echo:
@@ -155,13 +155,9 @@ async def test_client_going_away_cancels_the_handler() -> None:
     async with serve() as (server, events):
         _, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET /wait HTTP/1.1\r\n\r\n")
-        await asyncio.sleep(0.1 * UNIT)
+        await eventually(lambda: any(e[:3] == ("request", "GET", "/wait") for e in events))
         writer.close()
-        for _ in range(50):
-            if ("cancelled",) in events:
-                break
-            await asyncio.sleep(0.02 * UNIT)
-        assert ("cancelled",) in events
+        await eventually(lambda: ("cancelled",) in events, what="the handler cancelled")
 
 
 async def test_websocket_echo_ping_and_client_close() -> None:
@@ -173,8 +169,7 @@ async def test_websocket_echo_ping_and_client_close() -> None:
             assert await client.recv() == b"\x00\x01"
             pong = await client.ping()
             await asyncio.wait_for(pong, 2 * UNIT)
-        await asyncio.sleep(0.05 * UNIT)
-    assert ("close", 1000) in events
+        await eventually(lambda: ("close", 1000) in events, what="the close seen")
 
 
 async def test_server_initiated_close_and_protocol_errors() -> None:
@@ -201,8 +196,7 @@ async def test_bytes_sent_right_after_the_handshake_are_not_lost() -> None:
         )
         reply = await raw(server, request + frame, read_until_close=False)
         assert reply.startswith(b"HTTP/1.1 101")
-        await asyncio.sleep(0.05 * UNIT)
-    assert ("message", "hi") in events
+        await eventually(lambda: ("message", "hi") in events, what="the glued frame")
 
 
 @pytest.mark.parametrize(
@@ -240,10 +234,12 @@ async def test_write_limit_reports_a_client_that_does_not_read() -> None:
 
 async def test_graceful_close_finishes_requests_and_says_going_away() -> None:
     events: list[Any] = []
+    started = asyncio.Event()
 
     async def handler(request: Request) -> Response | WebSocketUpgrade:
         if request.path == "/ws":
             return WebSocketUpgrade(lambda s: Echo(s, events))
+        started.set()
         await asyncio.sleep(0.2 * UNIT)
         return Response.text("done")
 
@@ -251,11 +247,15 @@ async def test_graceful_close_finishes_requests_and_says_going_away() -> None:
     await server.start("127.0.0.1", 0)
     client = await connect(f"ws://127.0.0.1:{server.port}/ws")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
-    await asyncio.sleep(0.05 * UNIT)
-    await server.close(grace_period=2.0)
+    writer.write(b"GET /slow HTTP/1.1\r\n\r\n")  # keep-alive, yet closed after the answer
+    await asyncio.wait_for(started.wait(), 5 * UNIT)
+    loop = asyncio.get_running_loop()
+    closing = loop.time()
+    await server.close(grace_period=5.0 * UNIT)
+    assert loop.time() - closing < 5.0 * UNIT  # done when the request is, not at the deadline
     reply = await reader.read()
     assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"done")
+    assert b"connection: close" in reply.lower()
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(client.recv(), 2 * UNIT)
     assert client.close_code == 1001
