@@ -514,11 +514,8 @@ class PusherConnection:
         try:
             ws = await connect(self._url, **self._connect_kwargs)
         except (OSError, TimeoutError, WebSocketException) as exc:
-            return (
-                None,
-                describe_connect_error(exc, self._where, self._handshake_timeout),
-                ("connect_error"),
-            )
+            cause = describe_connect_error(exc, self._where, self._handshake_timeout)
+            return None, cause, "connect_error"
         try:
             await self._session(ws)
         finally:
