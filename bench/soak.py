@@ -33,9 +33,11 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,10 +195,19 @@ async def soak(run: Run, children: Children) -> dict[str, Any]:
     faults.cancel()
     sampler.cancel()
     stats = await asyncio.to_thread(gateway_stats, port)
+    # The drain at scale: SIGTERM with every client still connected.
+    connected = swarm.connected_count()
+    closes_before = Counter(swarm.stats.server_close_codes)
+    sigterm_at = loop.time()
+    gateway.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(gateway.wait, 60)
+    drain = {"clients": connected, "exit_code": code, "seconds": loop.time() - sigterm_at}
+    await asyncio.sleep(1.0)  # the last close frames
+    drain["close_codes"] = dict(swarm.stats.server_close_codes - closes_before)
     await swarm.close()
     return {
         "swarm": swarm, "published": published, "bench_started_ns": bench_started_ns,
-        "gateway_stats": stats, "gateway_log": children.log_dir / "gateway.log",
+        "gateway_stats": stats, "gateway_log": children.log_dir / "gateway.log", "drain": drain,
     }  # fmt: skip
 
 
@@ -311,6 +322,7 @@ def figures(run: Run, result: dict[str, Any]) -> dict[str, Any]:
             "upstream_reconnects": result["gateway_stats"].get("upstream", {}).get("reconnects"),
         },
         "published": sum(result["published"].values()),
+        "drain": result["drain"],
     }
 
 
@@ -355,6 +367,7 @@ def verdict(ok: bool) -> str:
 def report(run: Run, figs: dict[str, Any], command: str, when: str, host: str) -> str:
     a = run.args
     acc, sw, node, never = figs["losses"], figs["swarm"], figs["node"], figs["nobody_received"]
+    drain = figs["drain"]
     sio = figs["gateway"]["sio"]
     fails = sw["recovery_failed"] + (node.get("not_recovered") or 0)
     lines = [
@@ -386,6 +399,10 @@ def report(run: Run, figs: dict[str, Any], command: str, when: str, host: str) -
         f"| tracebacks in the gateway's log | 0 | {figs['tracebacks']} | "
         f"{verdict(figs['tracebacks'] == 0)} |",
         f"| ERROR lines in the gateway's log | | {figs['errors']} | |",
+        f"| drain on SIGTERM at the end | exit 0 within `server.shutdown_timeout` (10 s) | exit "
+        f"{drain['exit_code']} after {drain['seconds']:.1f} s, {drain['clients']:,} clients "
+        f"connected; close frames they got: {json.dumps(drain['close_codes'])} | "
+        f"{verdict(drain['exit_code'] == 0 and drain['seconds'] <= 10.0)} |",
         "",
         f"Messages nobody received (Kick's messages published while the gateway was reconnecting "
         f"go nowhere; Pusher does not replay): {never['in_fault_windows']} inside fault windows, "

@@ -68,6 +68,7 @@ class SwarmStats:
     strays: int = 0  # events of a chatroom the client had left (acknowledged)
     events: int = 0
     bad_frames: int = 0
+    server_close_codes: Counter[int] = field(default_factory=Counter)  # close frames received
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:
@@ -140,6 +141,8 @@ class Conn(asyncio.Protocol):
             if opcode == 1:
                 self.client.on_text(payload)
             elif opcode == 8:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+                self.client.swarm.stats.server_close_codes[code] += 1
                 self.close()
             elif opcode == 9:
                 self.send(10, payload)
