@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -117,7 +118,7 @@ async def test_kick_unreachable_subscribe_fails_within_connect_wait_and_warns_on
             await pool.subscribe(A)
         elapsed = loop.time() - started
         assert wait * 0.9 <= elapsed < wait + 1.0 * UNIT  # not the 30 s subscribe budget
-        assert f"no connection to Kick's Pusher for {wait:g} s" in str(info.value)
+        assert re.search(r"no connection to Kick's Pusher for \d+\.\d s \(", str(info.value))
         assert f"connection refused by 127.0.0.1:{sim.port}" in str(info.value)
         assert pool.channels == frozenset()
 

@@ -359,11 +359,10 @@ class PusherConnection:
             return None
         return self._down_since + self._connect_wait
 
-    def _unavailable(self) -> PusherUnavailable:
+    def _unavailable(self, now: float) -> PusherUnavailable:
         cause = self._last_cause or f"still connecting to {self._where}, no answer yet"
-        return PusherUnavailable(
-            f"no connection to Kick's Pusher for {self._connect_wait:g} s ({cause})"
-        )
+        down = now - self._down_since if self._down_since is not None else self._connect_wait
+        return PusherUnavailable(f"no connection to Kick's Pusher for {down:.1f} s ({cause})")
 
     def _check_subscriptions(self, now: float) -> None:
         proto = self._proto
@@ -373,7 +372,7 @@ class PusherConnection:
             if sub.acked:
                 continue
             if sub.future is not None and give_up is not None and now >= give_up:
-                self._drop(channel, self._unavailable())
+                self._drop(channel, self._unavailable(now))
             elif sub.cap is not None and now >= sub.cap:
                 if connected:
                     assert proto is not None
