@@ -159,7 +159,8 @@ class NodeScript:
         if self.proc.stderr is None:
             return ""
         try:
-            err = await asyncio.wait_for(self.proc.stderr.read(), 1)
+            # What is there already, up to 64 KiB: a script still running never reaches EOF.
+            err = await asyncio.wait_for(self.proc.stderr.read(65536), 1)
         except TimeoutError:
             return ""
         return f"\n--- stderr ---\n{err.decode(errors='replace')}" if err else ""

@@ -10,10 +10,9 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,98 +24,11 @@ from kichat.config import describe_settings, load_settings
 from kichat.sim import KickSimulator
 from kichat.sim.cli import build_parser as build_simulate_parser
 
-from conftest import UNIT
+from conftest import UNIT, eventually
+from process_harness import LISTENING, kichat_env, kichat_process, run_kichat
 
-LISTENING = re.compile(r"kichat listening on (http://127\.0\.0\.1:\d+)")
 DEMO_URL = re.compile(r"serving Socket.IO and REST at (http://127\.0\.0\.1:\d+)")
 CHAT = "App\\Events\\ChatMessageEvent"
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    # KICHAT_* from the developer's shell must not change what the tests see.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KICHAT_")}
-    env.update(extra or {})
-    return env
-
-
-async def run_kichat(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30 * UNIT
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kichat", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(env),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-class Process:
-    """A long-running ``python -m kichat ...``; its output lines are collected as they come."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._changed = asyncio.Event()
-        assert proc.stdout is not None and proc.stderr is not None
-        self._readers = [
-            asyncio.ensure_future(self._read(proc.stdout, self.out)),
-            asyncio.ensure_future(self._read(proc.stderr, self.err)),
-        ]
-
-    async def _read(self, stream: asyncio.StreamReader, lines: list[str]) -> None:
-        while raw := await stream.readline():
-            lines.append(raw.decode().rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    async def line(self, where: str, predicate: Callable[[str], bool], within: float) -> str:
-        lines = self.out if where == "out" else self.err
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    for text in lines:
-                        if predicate(text):
-                            return text
-                    if self.proc.returncode is not None and all(r.done() for r in self._readers):
-                        break
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            pass
-        raise AssertionError(f"no matching line on std{where}; stderr:\n" + "\n".join(self.err))
-
-    async def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), 15 * UNIT)
-        await asyncio.wait(self._readers, timeout=5 * UNIT)
-        return code
-
-
-@asynccontextmanager
-async def kichat_process(*args: str) -> AsyncIterator[Process]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kichat", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=_env(),
-    )  # fmt: skip
-    process = Process(proc)
-    try:
-        yield process
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for reader in process._readers:
-            reader.cancel()
-
-
-async def _eventually(predicate: Callable[[], bool], within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {predicate}"
-        await asyncio.sleep(0.02)
 
 
 # -- check-config ---------------------------------------------------------------------------------
@@ -230,11 +142,11 @@ async def test_serve_answers_health_and_exits_cleanly_on_sigterm() -> None:
             async with httpx.AsyncClient(base_url=url, timeout=5 * UNIT) as http:
                 health = await http.get("/healthz")
                 assert (health.status_code, health.json()) == (200, {"status": "ok"})
-                await _eventually(lambda: sim.connection_count == 1, 10 * UNIT)
+                await eventually(lambda: sim.connection_count == 1, 10 * UNIT)
                 assert (await http.get("/readyz")).json() == {"status": "ready"}
             assert await proc.terminate() == 0
-            await _eventually(lambda: sim.connection_count == 0, 5 * UNIT)
-            assert any(line.endswith("stopped") for line in proc.err)
+            await eventually(lambda: sim.connection_count == 0, 5 * UNIT)
+            assert any(" stopped after " in line for line in proc.err)
             assert not [line for line in proc.err if "Traceback" in line or "ERROR" in line]
 
 
@@ -354,7 +266,7 @@ async def test_watch_into_a_pipe_that_closes_ends_quietly() -> None:
         read, write = os.pipe()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "kichat", "watch", url, "xqc", "668",
-            stdout=write, stderr=asyncio.subprocess.PIPE, env=_env(),
+            stdout=write, stderr=asyncio.subprocess.PIPE, env=kichat_env(),
         )  # fmt: skip
         os.close(write)
         with os.fdopen(read, "rb") as reader:

@@ -365,6 +365,7 @@ BAD_VALUES = [
     ("pusher.pong_timeout", 0.0, "between 1 and 300"),
     ("pusher.subscribe_timeout", 0.0, "between 0.1 and 300"),
     ("pusher.subscribe_retries", 11, "between 0 and 10"),
+    ("pusher.connect_wait", 0, "between 0.1 and 300"),
     ("pusher.backoff_initial", 0.0, "between 0.01 and 300"),
     ("pusher.backoff_max", 0.0, "between 0.01 and 3600"),
     ("pusher.fatal_retry_interval", 0.5, "between 1 and 86400"),

@@ -7,9 +7,13 @@ and graceful shutdown.
     clients -> subscribe -> RelayService -> Registry / Gateway.acquire -> PusherPool.subscribe
     HTTP :3000 -> Frontend -> /socket.io/ (Server) | REST (RestApi) | ops (Ops) | pages (Pages)
 
-Shutdown order: stop accepting; mark not ready; close Socket.IO connections so clients see a
-transport close and reconnect (elsewhere, or here after a restart); close the upstream pool and
-the Kick client; let in-flight HTTP requests finish within ``server.shutdown_timeout``.
+Shutdown (a drain, all of it within ``server.shutdown_timeout``): mark not ready (``/readyz``
+503) and refuse new Socket.IO sessions (503); flush what is queued to every Socket.IO client and
+close its transport so that it reconnects (elsewhere, or here after a restart: sessions end,
+they are not recoverable); meanwhile close the upstream pool. The listening socket stays open
+until the clients are drained (a long-polling client's last GETs come on new connections, and a
+load balancer's health check sees the 503); then stop accepting, let in-flight HTTP requests
+and WebSocket closing handshakes finish, and close the Kick client.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ class App:
             pong_timeout=s.pusher.pong_timeout,
             subscribe_timeout=s.pusher.subscribe_timeout,
             subscribe_retries=s.pusher.subscribe_retries,
+            connect_wait=s.pusher.connect_wait,
             backoff=Backoff(initial=s.pusher.backoff_initial, maximum=s.pusher.backoff_max),
             fatal_retry_interval=s.pusher.fatal_retry_interval,
             extra_headers=s.pusher.headers,
@@ -219,29 +224,38 @@ class App:
     async def close(self) -> None:
         if self.stopping:
             return
-        self.stopping = True
+        self.stopping = True  # /readyz: 503 from now on
         if not self._bound:
             await self.kick.aclose()  # the only thing running before the port is bound
             return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         grace = self.settings.server.shutdown_timeout
-        log.info("shutting down (grace period %.1f s)", grace)
+        deadline = started + grace
+        clients = len(self.sio.sessions)
+        log.info("shutting down: draining %d client connection(s), at most %.1f s", clients, grace)
         # Feeds first, while clients still receive: other nodes take them over make-before-break.
         await self.gateway.hand_over(within=grace / 2)
-        await self.sio.close()
-        await self.sessions.flush()
-        await self.gateway.close()
-        await self.feeds.close()
-        await self.broker.close()
-        await self.pool.close()
+        # The upstream closes while clients drain: events arriving now would reach nobody.
+        upstream = asyncio.ensure_future(self._close_upstream())
+        await self.sio.close(grace=max(0.0, deadline - loop.time()))
+        await self.sessions.flush()  # in a cluster, another node may restore them
         if self.link is not None:
             self.link.close()
         if self._internal is not None:
             self._internal.close()
-        await self.http.close(grace_period=grace)
+        await self.http.close(grace_period=max(0.0, deadline - loop.time()))
+        await upstream
+        await self.broker.close()
         await self.kick.aclose()
         self.loop_lag.stop()
         self.trimmer.stop()
-        log.info("stopped")
+        log.info("stopped after %.2f s", loop.time() - started)
+
+    async def _close_upstream(self) -> None:
+        await self.gateway.close()
+        await self.feeds.close()
+        await self.pool.close()
 
     async def __aenter__(self) -> App:
         try:

@@ -5,6 +5,7 @@ and a failed channel lookup."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -338,3 +339,57 @@ async def test_a_gateway_that_cannot_listen_leaves_no_upstream_behind() -> None:
             assert [c.socket_id for c in app.pool.status().connections] == [None]
             assert sim.stats()["connections_opened"] == 0
             assert app.kick._client.is_closed
+
+
+@pytest.mark.parametrize("outage", ["stopped", "refusing", "hanging"])
+async def test_kick_down_a_subscribe_fails_within_connect_wait_naming_the_cause(
+    outage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Item 10 of issue 8: no upstream connection can be had. Before: 30 s of silence, then
+    "no upstream Pusher connection", and only INFO lines (one per retry) for the operator."""
+    caplog.set_level(logging.INFO, logger="kichat.kick.pusher")
+    wait = 1.0 * UNIT
+    causes = {
+        "stopped": "connection refused by 127.0.0.1",
+        "refusing": "closed with code 4100 before Pusher's handshake completed",
+        "hanging": "still connecting to 127.0.0.1",
+    }
+    async with gateway_stack({"pusher.connect_wait": wait}) as stack:
+        client = await PyClient.open(stack.url)
+        try:
+            if outage == "stopped":
+                await stack.sim.stop()
+            else:
+                if outage == "refusing":
+                    stack.sim.refuse_connections(1000, 4100)
+                else:
+                    stack.sim.ignore_pings(True, new_connections=True)
+                await stack.sim.drop_connections()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            reply = await client.subscribe("xqc", "668")
+            # Well within the subscribe budget (3 x pusher.subscribe_timeout = 6 s).
+            assert loop.time() - started < wait + 1.0 * UNIT
+            assert reply["ok"] is False
+            assert reply["error"]["code"] == "upstream_unavailable"
+            assert "no connection to Kick's Pusher for" in reply["error"]["message"]
+            assert causes[outage] in reply["error"]["message"]
+            assert stack.app.registry.count(XQC) == 0
+            assert stack.app.gateway.active_rooms == 0
+            if outage != "hanging":  # a hung handshake ends only after open_timeout (10 s)
+                warnings = [
+                    r.getMessage() for r in caplog.records
+                    if r.levelno == logging.WARNING and r.name == "kichat.kick.pusher"
+                ]  # fmt: skip
+                assert len(warnings) == 1, warnings
+                assert causes[outage] in warnings[0]
+            # Kick is back: the same subscribe works, and chat flows.
+            if outage == "stopped":
+                await stack.sim.start()
+            stack.sim.clear_faults()
+            stack.sim.ignore_pings(False)
+            await eventually(lambda: stack.app.pool.status().connected == 1, 10 * UNIT, "back")
+            assert (await client.subscribe("xqc", "668"))["ok"] is True
+            await chat_flows(stack, client)
+        finally:
+            await client.close()

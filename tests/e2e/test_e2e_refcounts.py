@@ -33,6 +33,16 @@ async def swarm_command(swarm: NodeScript, cmd: str, reply: str, **args: Any) ->
     return await swarm.until(lambda m: m["ev"] == reply, 15 * UNIT)
 
 
+async def swallowed(stack: Stack) -> None:
+    """Wait until Kick has swallowed the held subscribe. Dropping the connection earlier would
+    leave the swallow rule for the replay, which then waits a whole subscribe_timeout."""
+    await eventually(
+        lambda: not any(r.pattern == XQC_V2 for r in stack.sim.faults.subscribe),
+        15 * UNIT,
+        "the swallowed subscribe",
+    )
+
+
 async def subscribe_swarm(
     stack: Stack, swarm: NodeScript, *, hold: bool = False
 ) -> tuple[Spy, Spy]:
@@ -49,6 +59,7 @@ async def subscribe_swarm(
     swarm.send({"cmd": "subscribe", **XQC_ARGS})
     if hold:
         await eventually(lambda: stack.app.registry.count(XQC) == SWARM, 15 * UNIT, "all wait")
+        await swallowed(stack)
         assert stack.app.gateway.info(XQC) is None  # still activating
         await stack.sim.drop_connections()
     done = await swarm.until(lambda m: m["ev"] == "subscribed", 15 * UNIT)
@@ -119,13 +130,7 @@ async def test_thirty_concurrent_subscribers_refused_by_kick_leave_nothing_behin
         release = Spy(stack.app.gateway, "release")
         swarm.send({"cmd": "subscribe", **XQC_ARGS})
         await eventually(lambda: stack.app.registry.count(XQC) == SWARM, 15 * UNIT, "all wait")
-        # Drop only once Kick has swallowed the first subscribe: dropping earlier would leave the
-        # swallow rule for the replay, which then waits a whole subscribe_timeout.
-        await eventually(
-            lambda: not any(r.pattern == XQC_V2 for r in stack.sim.faults.subscribe),
-            15 * UNIT,
-            "the swallowed subscribe",
-        )
+        await swallowed(stack)
         await stack.sim.drop_connections()
         done = await swarm.until(lambda m: m["ev"] == "subscribed", 15 * UNIT)
         assert {r["error"]["code"] for r in done["replies"]} == {"subscription_failed"}

@@ -88,7 +88,7 @@ async def test_client_going_away_cancels_the_handler() -> None:
         writer.write(b"GET /wait HTTP/1.1\r\n\r\n")
         await eventually(lambda: any(e[:3] == ("request", "GET", "/wait") for e in events))
         writer.close()
-        await eventually(lambda: ("cancelled",) in events)
+        await eventually(lambda: ("cancelled",) in events, what="the handler cancelled")
 
 
 async def test_websocket_echo_ping_and_client_close() -> None:
@@ -100,7 +100,7 @@ async def test_websocket_echo_ping_and_client_close() -> None:
             assert await client.recv() == b"\x00\x01"
             pong = await client.ping()
             await asyncio.wait_for(pong, 2 * UNIT)
-        await eventually(lambda: ("close", 1000) in events)
+        await eventually(lambda: ("close", 1000) in events, what="the close seen")
 
 
 async def test_server_initiated_close_and_protocol_errors() -> None:
@@ -127,7 +127,7 @@ async def test_bytes_sent_right_after_the_handshake_are_not_lost() -> None:
         )
         reply = await raw(server, request + frame, read_until_close=False)
         assert reply.startswith(b"HTTP/1.1 101")
-        await eventually(lambda: ("message", "hi") in events)
+        await eventually(lambda: ("message", "hi") in events, what="the glued frame")
 
 
 @pytest.mark.parametrize(
@@ -178,11 +178,15 @@ async def test_graceful_close_finishes_requests_and_says_going_away() -> None:
     await server.start("127.0.0.1", 0)
     client = await connect(f"ws://127.0.0.1:{server.port}/ws")
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET /slow HTTP/1.1\r\n\r\n")
+    writer.write(b"GET /slow HTTP/1.1\r\n\r\n")  # keep-alive, yet closed after the answer
     await asyncio.wait_for(started.wait(), 5 * UNIT)
-    await server.close(grace_period=2.0)
+    loop = asyncio.get_running_loop()
+    closing = loop.time()
+    await server.close(grace_period=5.0 * UNIT)
+    assert loop.time() - closing < 5.0 * UNIT  # done when the request is, not at the deadline
     reply = await reader.read()
     assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"done")
+    assert b"connection: close" in reply.lower()
     with pytest.raises(websockets.ConnectionClosed):
         await asyncio.wait_for(client.recv(), 2 * UNIT)
     assert client.close_code == 1001

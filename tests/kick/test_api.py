@@ -268,7 +268,7 @@ async def test_hang_is_a_timeout(sim: KickSimulator) -> None:
     assert exc.value.status == 504
     assert api.stats.requests["timeout"] == 2
     assert sim.rest_requests[XQC] == 2
-    assert 0.6 * UNIT <= elapsed < 5 * UNIT
+    assert 0.6 * UNIT * 0.98 <= elapsed < 5 * UNIT  # timers have ms granularity
 
 
 async def test_unreachable_kick_is_a_bad_response() -> None:

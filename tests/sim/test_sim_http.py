@@ -147,7 +147,7 @@ async def test_rest_delay_answers_normally_after_the_delay() -> None:
         started = loop.time()
         r = await http.get("/api/v2/channels/xqc")
         assert r.status_code == 200
-        assert loop.time() - started >= 0.3 * UNIT
+        assert loop.time() - started >= 0.3 * UNIT * 0.98  # timers have ms granularity
 
 
 async def test_rest_hang_never_answers_until_the_client_gives_up() -> None:

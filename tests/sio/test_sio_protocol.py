@@ -151,7 +151,7 @@ async def test_duplicate_poll_closes_the_session() -> None:
     async with serve_sio() as h, httpx.AsyncClient() as http:
         sid = json.loads((await http.get(poll_url(h))).text[1:])["sid"]
         first = asyncio.create_task(http.get(poll_url(h, sid)))
-        await asyncio.sleep(0.05 * UNIT)
+        await h.wait_for(lambda: h.sio.sessions[sid].poll is not None, 5 * UNIT)
         second = await http.get(poll_url(h, sid))
         assert second.status_code == 400
         assert (await first).text == "1"  # the pending poll is told the session closed

@@ -187,7 +187,7 @@ async def test_kick_hang_is_504(sim: KickSimulator) -> None:
         message = assert_error(await gw.get(XQC), 504, "upstream_timeout")
         elapsed = loop.time() - started
     assert "did not answer" in message
-    assert 0.3 * UNIT <= elapsed < 5 * UNIT
+    assert 0.3 * UNIT * 0.98 <= elapsed < 5 * UNIT  # timers have ms granularity
 
 
 async def test_404_is_cached_for_not_found_ttl(sim: KickSimulator) -> None:

@@ -177,6 +177,12 @@ class PusherSettings:
     subscribe_retries: int = option(
         2, "Retries of an unacknowledged subscription.", check=between(0, 10)
     )
+    connect_wait: float = option(
+        5.0,
+        "How long a subscribe waits for an upstream connection when none is up (Kick "
+        "unreachable or refusing) before it fails with upstream_unavailable.",
+        check=between(0.1, 300),
+    )
     backoff_initial: float = option(
         1.0, "First reconnect delay (seconds; doubles, with jitter).", check=between(0.01, 300)
     )

@@ -142,6 +142,7 @@ class HttpServer:
         self._http_drained = asyncio.Event()
         self._ws_drained = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self.closing = False  # responses now end their connection (no keep-alive)
 
     async def start(
         self,
@@ -185,22 +186,26 @@ class HttpServer:
         return port
 
     async def close(self, grace_period: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish (up to ``grace_period``), close the rest.
+        """Stop accepting, let in-flight requests finish and WebSocket closing handshakes
+        complete, within ``grace_period`` seconds in all; then cut what is left.
 
         WebSocket applications are expected to have closed their connections first (the
         Socket.IO server tells clients to reconnect elsewhere); anything left is closed with
-        1001 "going away".
+        1001 "going away". A response sent from now on ends its connection.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_period
+        self.closing = True
         if self._server is not None:
             self._server.close()
         for conn in list(self.http_connections):
             conn.close_when_idle()
-        await _wait_until_empty(self.http_connections, self._http_drained, grace_period)
-        for conn in list(self.http_connections):
-            conn.abort()
         for sock in list(self.websockets):
             sock.close(ws.CLOSE_GOING_AWAY, "server shutting down")
-        await _wait_until_empty(self.websockets, self._ws_drained, self.websocket_close_timeout)
+        await _wait_until_empty(self.http_connections, self._http_drained, deadline - loop.time())
+        await _wait_until_empty(self.websockets, self._ws_drained, deadline - loop.time())
+        for conn in list(self.http_connections):
+            conn.abort()
         for sock in list(self.websockets):
             sock.abort()
         if self._server is not None:
@@ -218,7 +223,7 @@ class HttpServer:
 
 
 async def _wait_until_empty(items: set[Any], drained: asyncio.Event, grace_period: float) -> None:
-    if not items:
+    if not items or grace_period <= 0:
         return
     drained.clear()
     with contextlib.suppress(TimeoutError):
@@ -408,8 +413,10 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(result, WebSocketUpgrade):
             self._upgrade(request, result)
             return
-        if self.reader is not None and self.reader.upgraded:
-            keep_alive = False  # the byte stream is no longer HTTP after an upgrade request
+        if (self.reader is not None and self.reader.upgraded) or self.server.closing:
+            # After an upgrade request the byte stream is no longer HTTP; a closing server
+            # ends each connection after its response.
+            keep_alive = False
         self.transport.write(
             serialize_response(result, keep_alive=keep_alive, head=request.method == "HEAD")
         )

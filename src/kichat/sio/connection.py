@@ -301,26 +301,47 @@ class Connection:
     def close(
         self, reason: str, *, client_initiated: bool = False, transport_gone: bool = False
     ) -> None:
+        """End the session. What is still queued leaves before the close (a server shutting
+        down flushes every client), except for a slow client, whose buffers are full."""
         if self.closed:
             return
         self.closed = True
         self._cancel_timer()
         self.server.connection_closed(self, reason)
+        going_away = reason == SERVER_SHUTDOWN
         if self.probe is not None:
-            self.probe.close(websocket.CLOSE_NORMAL)
+            self.probe.close(websocket.CLOSE_GOING_AWAY if going_away else websocket.CLOSE_NORMAL)
             self.probe = None
         if self.transport == WEBSOCKET:
             if not transport_gone and self.ws is not None:
-                code = websocket.CLOSE_GOING_AWAY if reason == SERVER_SHUTDOWN else 1000
                 if reason == SLOW_CLIENT:
                     self.ws.abort()  # its buffers are full: a close frame would queue behind them
                 elif reason == PARSE_ERROR:
                     self.ws.close(websocket.CLOSE_PROTOCOL_ERROR, PARSE_ERROR)
                 else:
-                    self.ws.close(code)
+                    if self.queue:
+                        self.ws.write(b"".join(self.queue))
+                    # 1001 "going away": socket.io-client reconnects (here after a restart, or
+                    # to another instance), as on any transport close.
+                    self.ws.close(websocket.CLOSE_GOING_AWAY if going_away else 1000)
+            self.queue.clear()
+        elif going_away and not client_initiated:
+            # Long-polling: what is queued first, then the close packet, so the client
+            # reconnects like a WebSocket client told 1001. In two responses: socket.io-client
+            # handles the packets that share a payload with a close packet only after its
+            # disconnect. A GET not pending yet (the client is between two polls) is answered
+            # by the server while it drains (Server.close).
+            poll = self.poll
+            if self.queue or poll is None or poll.done():
+                self.server.hold_final_poll(self)
+            else:
+                self.queue.append(engineio.CLOSE_FRAME)
+            if poll is not None and not poll.done():
+                poll.set_result(None)
         elif self.poll is not None and not self.poll.done():
-            # Answer the pending GET: noop if the client asked to close, close otherwise.
-            self.queue[:] = [engineio.NOOP_FRAME if client_initiated else engineio.CLOSE_FRAME]
+            # Answer the pending GET: what is queued, then noop if the client asked to close,
+            # the close packet otherwise.
+            self.queue.append(engineio.NOOP_FRAME if client_initiated else engineio.CLOSE_FRAME)
             self.poll.set_result(None)
         else:
             self.queue.clear()

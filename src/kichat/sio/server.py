@@ -44,6 +44,7 @@ This module holds the server (HTTP entry, Engine.IO sessions, the flusher, dispa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -226,6 +227,10 @@ class Server:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._connect_timers: dict[Connection, asyncio.TimerHandle] = {}
+        # While closing: polling sessions whose next GET gets their last packets and the close.
+        self.closing = False
+        self._final_polls: dict[str, Connection] = {}
+        self._final_polls_done = asyncio.Event()
         self.of("/")
 
     def of(self, name: str) -> Namespace:
@@ -245,9 +250,15 @@ class Server:
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeep())
 
-    async def close(self) -> None:
-        """Close every connection (clients see a transport close and reconnect elsewhere) and
-        end every socket, calling ``on_disconnect`` with ``server shutting down``."""
+    async def close(self, grace: float = 5.0) -> None:
+        """Drain: refuse new sessions, flush what is queued to every client and close its
+        transport (WebSocket: close 1001; long-polling: the pending or next GET gets the close
+        packet), so that clients see a transport close and reconnect, here after a restart or
+        to another instance. Every socket ends (``on_disconnect`` with ``server shutting
+        down``): sessions are not recoverable after this. Returns once every polling client
+        has had its last GET, or after ``grace`` seconds. (The HTTP server sees the
+        WebSocket closing handshakes through.)"""
+        self.closing = True
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         for conn in list(self.sessions.values()):
@@ -255,8 +266,29 @@ class Server:
         for sock in list(self.detached.values()):
             sock.nsp._finalize(sock, SERVER_SHUTDOWN)
         self._flush()
+        if self._final_polls:
+            self._final_polls_done.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._final_polls_done.wait(), grace)
+            self._final_polls.clear()
         for task in list(self._tasks):
             task.cancel()
+
+    def hold_final_poll(self, conn: Connection) -> None:
+        """Keep a polling session closed by :meth:`close` until its client has polled what
+        was queued and then the close packet."""
+        self._final_polls[conn.sid] = conn
+
+    def _final_poll(self, sid: str, method: str, cors: list[tuple[str, str]] | None) -> Response:
+        if method != "GET":
+            return Response(200, b"ok", _text_headers(cors))  # a packet sent meanwhile: moot now
+        conn = self._final_polls[sid]
+        if not conn.queue:  # all delivered: now the close packet, and the session is gone
+            del self._final_polls[sid]
+            if not self._final_polls:
+                self._final_polls_done.set()
+            conn.queue.append(engineio.CLOSE_FRAME)
+        return Response(200, conn.take_payload(), _text_headers(cors))
 
     async def _housekeep(self) -> None:
         period = max(0.05, min(1.0, self.recovery_window / 4))
@@ -400,6 +432,13 @@ class Server:
         if origin is not None and cors is None:
             return _eio_error(engineio.FORBIDDEN, None, status=403, message="origin not allowed")
         sid = query.get("sid")
+        if self.closing:
+            if sid is not None and sid in self._final_polls and transport == POLLING:
+                return self._final_poll(sid, request.method, cors)
+            if sid is None:
+                return _eio_error(
+                    engineio.BAD_REQUEST, cors, status=503, message="server shutting down"
+                )
         if transport == WEBSOCKET:
             return await self._websocket(request, sid, cors)
         if sid is None:

@@ -23,6 +23,9 @@ from conftest import UNIT, eventually
 from pusher_helpers import CHAT, Recorder, fast_backoff, open_sim, pusher_tasks
 
 A, B, C = "chatrooms.668.v2", "chatrooms.668", "channel.676"
+# Lower bounds on elapsed time: loop timers have millisecond granularity (uvloop rounds), so a
+# delay of exactly d can measure a hair under d.
+SLACK = 0.98
 MESSAGE = {
     "id": "5f0c2b1e",
     "chatroom_id": 668,
@@ -142,7 +145,7 @@ async def test_4200_reconnects_at_once_and_a_repeat_backs_off(sim: Any, recorder
         start = loop.time()
         await sim.close_connections(4200, "Please reconnect immediately")
         await eventually(lambda: sim.subscribers(A) == 1 and sim.connections_opened == opened + 2)
-        assert loop.time() - start >= 0.6 * UNIT
+        assert loop.time() - start >= 0.6 * UNIT * SLACK
         await publish_and_receive(sim, recorder, A, "after second 4200")
         assert reconnects(pool, "4200") == 2
         assert pool.status().connections[0].last_close_code == 4200
@@ -154,7 +157,7 @@ async def test_4100_waits_at_least_a_second(sim: Any, recorder: Recorder) -> Non
     async with make_pool(sim, recorder) as pool:  # backoff initial 0.05 s: the floor decides
         start = loop.time()
         await pool.subscribe(A)
-        assert loop.time() - start >= 1.0
+        assert loop.time() - start >= 1.0 * SLACK
         assert pool.status().connections[0].connect_attempts == 2
         assert reconnects(pool, "4100") == 1
         await publish_and_receive(sim, recorder, A, "after 4100")
@@ -169,7 +172,7 @@ async def test_tcp_drop_reconnects_after_a_jittered_backoff(sim: Any, recorder: 
         start = loop.time()
         await sim.drop_connections()
         await eventually(lambda: sim.subscribers(A) == 1 and sim.connections_opened == opened + 1)
-        assert loop.time() - start >= 0.4 * 0.75 * UNIT
+        assert loop.time() - start >= 0.4 * 0.75 * UNIT * SLACK
         assert reconnects(pool, "1006") == 1
         await publish_and_receive(sim, recorder, A, "after drop")
 
@@ -267,7 +270,7 @@ async def test_unacknowledged_subscribe_is_retried_then_succeeds(
     async with make_pool(sim, recorder, subscribe_timeout=0.4 * UNIT) as pool:
         start = loop.time()
         await pool.subscribe(A)
-        assert loop.time() - start >= 0.4 * UNIT
+        assert loop.time() - start >= 0.4 * UNIT * SLACK
         assert sim.subscribers(A) == 1
         await publish_and_receive(sim, recorder, A, "after retry")
 
@@ -282,7 +285,7 @@ async def test_never_acknowledged_subscribe_fails_after_the_retries(
         start = loop.time()
         with pytest.raises(SubscriptionError, match="not acknowledged after 2 tries"):
             await pool.subscribe(A)
-        assert 0.6 * UNIT <= loop.time() - start < 1.5 * UNIT
+        assert 0.6 * UNIT * SLACK <= loop.time() - start < 1.5 * UNIT
         assert pool.channels == frozenset({B})
 
 
@@ -409,11 +412,13 @@ async def test_channels_are_sharded_and_idle_connections_closed(
         for ch in channels:
             await publish_and_receive(sim, recorder, ch, f"to {ch}")
 
-        # Emptying the third connection closes it after the idle delay.
+        # Emptying the third connection closes it after the idle delay. Its counters live on
+        # in the totals, also while it is still closing (regression: they went missing then).
         await pool.unsubscribe(channels[4])
+        await eventually(lambda: len(pool.status().connections) == 2, what="idle connection reaped")
+        assert pool.status().events_received == 5
         await eventually(lambda: sim.connection_count == 2, what="idle connection closed")
-        assert len(pool.status().connections) == 2
-        assert pool.status().events_received == 5  # counters survive a closed connection
+        assert pool.status().events_received == 5
         # A freed slot is reused before a new connection is opened.
         await pool.unsubscribe(channels[0])
         await pool.subscribe("chatrooms.99.v2")

@@ -19,6 +19,12 @@ Transport choices:
 * ``close_timeout`` 2 s: on shutdown a slow or dead server must not hold us for long.
 * ``proxy``: exactly what the caller passes; ``None`` means a direct connection (environment
   proxy variables are not consulted implicitly).
+
+When no connection can be had (Kick unreachable, refusing, or answering with anything but a
+Pusher handshake), a new subscribe waits at most ``connect_wait`` seconds counted from when the
+connection went down, then fails with :class:`PusherUnavailable` naming the cause: a client
+hears within seconds, not after the whole subscribe budget. Failed attempts are reported to an
+:class:`~kichat.kick.pusher.outage.OutageLog`, which decides what deserves a WARNING.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from kichat.errors import (
     SubscriptionError,
 )
 from kichat.kick.pusher.backoff import Backoff, ReconnectPolicy
+from kichat.kick.pusher.outage import OutageLog, Report, describe_connect_error, describe_failure
 from kichat.kick.pusher.protocol import (
     ChannelEvent,
     CloseAction,
@@ -133,9 +140,9 @@ class PusherConnection:
     ``subscribe()`` resolves on ``subscription_succeeded`` and raises
     :class:`SubscriptionError` on ``subscription_error`` or when no acknowledgement came within
     ``subscribe_timeout`` after each of ``1 + subscribe_retries`` sends; it resolves or fails
-    within ``subscribe_timeout * (1 + subscribe_retries)`` in every case (with
-    :class:`PusherUnavailable` if no connection was up at that moment). A subscribe in flight
-    when the socket drops is re-sent after the reconnect.
+    within ``subscribe_timeout * (1 + subscribe_retries)`` in every case, and with
+    :class:`PusherUnavailable` once the connection has been down for ``connect_wait`` seconds.
+    A subscribe in flight when the socket drops is re-sent after the reconnect.
     """
 
     def __init__(
@@ -148,6 +155,7 @@ class PusherConnection:
         pong_timeout: float = 30.0,
         subscribe_timeout: float = 10.0,
         subscribe_retries: int = 2,
+        connect_wait: float = 5.0,
         backoff: Backoff | None = None,
         fatal_retry_interval: float = 300.0,
         healthy_after: float = 10.0,
@@ -157,13 +165,15 @@ class PusherConnection:
         proxy: str | None = None,
         user_agent: str = DEFAULT_USER_AGENT,
         on_channel_dropped: Callable[[str], None] | None = None,
+        outage: OutageLog | None = None,
     ) -> None:
         try:
-            parse_uri(url)
+            uri = parse_uri(url)
         except InvalidURI as exc:
             raise ConfigError([f"invalid Pusher URL {url!r}: {exc}"]) from exc
         self.id = conn_id
         self._url = url
+        self._where = f"{uri.host}:{uri.port}"  # for messages: the URL's query may hold secrets
         self._on_event = on_event
         self._on_channel_dropped = on_channel_dropped
         self._activity_timeout = activity_timeout
@@ -171,6 +181,8 @@ class PusherConnection:
         self._handshake_timeout = open_timeout
         self._subscribe_timeout = subscribe_timeout
         self._subscribe_retries = subscribe_retries
+        self._connect_wait = connect_wait
+        self._outage = outage if outage is not None else OutageLog()
         self._policy = ReconnectPolicy(
             dataclasses.replace(backoff) if backoff is not None else Backoff(),
             healthy_after=healthy_after,
@@ -197,6 +209,11 @@ class PusherConnection:
         self._stale_reason: str | None = None
         self._last_error: tuple[int, str] | None = None  # last 4xxx pusher:error on this socket
         self._closed = False
+        # Loop time since when no connection is up (None while connected), and why the last
+        # attempt failed: what a subscribe that cannot be placed is told.
+        self._down_since: float | None = None
+        self._last_cause: str | None = None
+        self._established_once = False  # the current attempt got connection_established
         # Health and metrics.
         self.state: ConnectionState = "connecting"
         self.socket_id: str | None = None
@@ -232,6 +249,7 @@ class PusherConnection:
         if self._task is not None or self._closed:
             return
         self._loop = asyncio.get_running_loop()
+        self._down_since = self._loop.time()
         self._task = self._loop.create_task(self._run(), name=f"kichat-pusher-{self.id}")
 
     async def subscribe(self, channel: str) -> None:
@@ -281,6 +299,7 @@ class PusherConnection:
             self.state = "closed"
             log.info("pusher[%d] closing", self.id)
             self._cancel_timer()
+            self._outage.forget(self.id)
             for channel, sub in self._subs.items():
                 self._fail(sub, PusherUnavailable(f"closed before {channel!r} was acked"))
         task = self._task
@@ -330,13 +349,31 @@ class PusherConnection:
         delay = min(_REPLAY_RETRY_MAX, self._subscribe_timeout * 2 ** (sub.replay_failures - 1))
         sub.send_deadline = now + delay
 
+    def _connected(self) -> bool:
+        proto = self._proto
+        return proto is not None and proto.state is ProtocolState.CONNECTED
+
+    def _unavailable_deadline(self) -> float | None:
+        """When subscribes waiting for a connection give up (None: a connection is up)."""
+        if self._down_since is None or self._connected():
+            return None
+        return self._down_since + self._connect_wait
+
+    def _unavailable(self, now: float) -> PusherUnavailable:
+        cause = self._last_cause or f"still connecting to {self._where}, no answer yet"
+        down = now - self._down_since if self._down_since is not None else self._connect_wait
+        return PusherUnavailable(f"no connection to Kick's Pusher for {down:.1f} s ({cause})")
+
     def _check_subscriptions(self, now: float) -> None:
         proto = self._proto
-        connected = proto is not None and proto.state is ProtocolState.CONNECTED
+        connected = self._connected()
+        give_up = self._unavailable_deadline()
         for channel, sub in list(self._subs.items()):
             if sub.acked:
                 continue
-            if sub.cap is not None and now >= sub.cap:
+            if sub.future is not None and give_up is not None and now >= give_up:
+                self._drop(channel, self._unavailable(now))
+            elif sub.cap is not None and now >= sub.cap:
                 if connected:
                     assert proto is not None
                     proto.unsubscribe(channel)  # in case the ack is merely late
@@ -362,10 +399,12 @@ class PusherConnection:
     def _next_deadline(self) -> float | None:
         proto = self._proto
         deadline = proto.next_deadline() if proto is not None else None
+        give_up = self._unavailable_deadline()
         for sub in self._subs.values():
             if sub.acked:
                 continue
-            for candidate in (sub.cap, sub.send_deadline):
+            waiting = give_up if sub.future is not None else None
+            for candidate in (sub.cap, sub.send_deadline, waiting):
                 if candidate is not None and (deadline is None or candidate < deadline):
                     deadline = candidate
         return deadline
@@ -406,12 +445,15 @@ class PusherConnection:
         while not self._closed:
             self.state = "connecting"
             self.connect_attempts += 1
+            self._established_once = False
             try:
                 code, reason, key = await self._connect_once()
             except Exception:  # a bug must not end the reconnect loop for good
                 log.exception("pusher[%d] unexpected error in the connection loop", self.id)
                 code, reason, key = None, "internal error", "internal_error"
             now = self._loop.time()
+            if self._down_since is None:
+                self._down_since = now
             action = classify_close(code)
             delay = self._policy.next_delay(action, now)
             self.last_close_code = code
@@ -419,19 +461,51 @@ class PusherConnection:
             self.reconnects_by_code[key] = self.reconnects_by_code.get(key, 0) + 1
             if action is CloseAction.FATAL:
                 assert code is not None
-                self._enter_fatal(code, reason)
+                self._enter_fatal(code, reason)  # logged as an error there
             else:
                 self.state = "backoff"
-            log.info(
-                "pusher[%d] disconnected (code=%s reason=%r action=%s); next attempt in %.2f s",
-                self.id,
-                code,
-                reason,
-                action.value,
-                delay,
-            )
+            if action is not CloseAction.FATAL and not self._established_once:
+                # No connection could be had at all: an outage, reported without flooding.
+                cause = describe_failure(code, reason, key)
+                self._last_cause = cause
+                self._log_failure(self._outage.failed(self.id, cause, now), cause, delay)
+            else:
+                log.info(
+                    "pusher[%d] disconnected (code=%s reason=%r action=%s); next attempt in %.2f s",
+                    self.id,
+                    code,
+                    reason,
+                    action.value,
+                    delay,
+                )
             self._arm_timer()  # subscription give-up deadlines keep running while down
             await asyncio.sleep(delay)
+
+    def _log_failure(self, report: Report | None, cause: str, delay: float) -> None:
+        if report is None:
+            log.debug(
+                "pusher[%d] cannot connect: %s; next attempt in %.2f s", self.id, cause, delay
+            )
+        elif report.kind == "first":
+            log.warning(
+                "pusher[%d] cannot connect to Kick's Pusher: %s; retrying in %.1f s "
+                "(repeated failures are logged every %g s, or when the cause changes)",
+                self.id,
+                cause,
+                delay,
+                self._outage.repeat_every,
+            )
+        else:
+            log.warning(
+                "pusher[%d] still no connection to Kick's Pusher after %.0f s "
+                "(%d failed attempts)%s: %s; retrying in %.1f s",
+                self.id,
+                report.down_for,
+                report.failures,
+                ", cause changed" if report.kind == "changed" else "",
+                cause,
+                delay,
+            )
 
     async def _connect_once(self) -> tuple[int | None, str, str]:
         """One connection attempt and session. Returns (close code, reason, counter key)."""
@@ -439,7 +513,8 @@ class PusherConnection:
         try:
             ws = await connect(self._url, **self._connect_kwargs)
         except (OSError, TimeoutError, WebSocketException) as exc:
-            return None, f"connect failed: {exc!r}", "connect_error"
+            cause = describe_connect_error(exc, self._where, self._handshake_timeout)
+            return None, cause, "connect_error"
         try:
             await self._session(ws)
         finally:
@@ -544,8 +619,11 @@ class PusherConnection:
             self._established(event)
         elif isinstance(event, PusherErrorReceived):
             # 41xx/42xx are routine (capacity, "reconnect now"); the close that follows is logged.
+            # Before the handshake, the close is a failed attempt: the outage log reports it
+            # (with this message), so a server refusing every attempt is not a line per retry.
             routine = event.code is not None and 4100 <= event.code <= 4299
-            level = logging.INFO if routine else logging.WARNING
+            quiet = not self._established_once
+            level = logging.DEBUG if quiet else logging.INFO if routine else logging.WARNING
             log.log(level, "pusher[%d] pusher:error code=%s %r", self.id, event.code, event.message)
             if event.code is not None and 4000 <= event.code <= 4999:
                 self._last_error = (event.code, event.message)
@@ -556,6 +634,18 @@ class PusherConnection:
         assert self._loop is not None and self._proto is not None
         now = self._loop.time()
         self._policy.connected(now)
+        self._established_once = True
+        self._down_since = None
+        self._last_cause = None
+        recovery = self._outage.connected(self.id, now)
+        if recovery is not None:
+            log.info(
+                "pusher[%d] connection to Kick's Pusher is back after %.1f s down "
+                "(%d failed attempts)",
+                self.id,
+                recovery.down_for,
+                recovery.failures,
+            )
         if self._fatal is not None:
             log.info("pusher[%d] fatal condition cleared", self.id)
             self._fatal = None

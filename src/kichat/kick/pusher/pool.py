@@ -25,6 +25,7 @@ from types import TracebackType
 from kichat.errors import ConfigError, PusherFatalError, PusherUnavailable
 from kichat.kick.pusher.backoff import Backoff
 from kichat.kick.pusher.connection import DEFAULT_USER_AGENT, ConnectionStatus, PusherConnection
+from kichat.kick.pusher.outage import OutageLog
 
 __all__ = ["PoolStatus", "PusherPool"]
 
@@ -76,6 +77,7 @@ class PusherPool:
         pong_timeout: float = 30.0,
         subscribe_timeout: float = 10.0,
         subscribe_retries: int = 2,
+        connect_wait: float = 5.0,
         backoff: Backoff | None = None,
         fatal_retry_interval: float = 300.0,
         open_timeout: float = 10.0,
@@ -92,6 +94,8 @@ class PusherPool:
             )
         self._max = max_channels_per_connection
         self._idle_close_after = idle_close_after
+        # One outage for the whole pool: forty connections refused alike make one warning.
+        self.outage = OutageLog()
         self._connection_factory = functools.partial(
             PusherConnection,
             url,
@@ -100,6 +104,8 @@ class PusherPool:
             pong_timeout=pong_timeout,
             subscribe_timeout=subscribe_timeout,
             subscribe_retries=subscribe_retries,
+            connect_wait=connect_wait,
+            outage=self.outage,
             backoff=backoff,
             fatal_retry_interval=fatal_retry_interval,
             healthy_after=healthy_after,
@@ -114,6 +120,9 @@ class PusherPool:
         self._placement: dict[str, PusherConnection] = {}
         self._idle_timers: dict[PusherConnection, asyncio.TimerHandle] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Reaped connections still closing: out of status().connections, but their counters
+        # still count in the totals until _retire takes them over (totals never go backwards).
+        self._reaped: set[PusherConnection] = set()
         self._retired = _Retired()
         self._started = False
         self._closed = False
@@ -205,6 +214,7 @@ class PusherPool:
 
     def status(self) -> PoolStatus:
         statuses = tuple(conn.status() for conn in self._connections)
+        counted = statuses + tuple(conn.status() for conn in self._reaped)
         fatal = self._fatal_error()
         retired = self._retired
         return PoolStatus(
@@ -213,13 +223,13 @@ class PusherPool:
             fatal_error=str(fatal) if fatal is not None else None,
             channels=len(self._placement),
             connected=sum(1 for s in statuses if s.state == "connected"),
-            events_received=retired.events_received + sum(s.events_received for s in statuses),
+            events_received=retired.events_received + sum(s.events_received for s in counted),
             reconnects=retired.reconnects
-            + sum(sum(s.reconnects_by_code.values()) for s in statuses),
-            malformed_frames=retired.malformed_frames + sum(s.malformed_frames for s in statuses),
-            callback_errors=retired.callback_errors + sum(s.callback_errors for s in statuses),
+            + sum(sum(s.reconnects_by_code.values()) for s in counted),
+            malformed_frames=retired.malformed_frames + sum(s.malformed_frames for s in counted),
+            callback_errors=retired.callback_errors + sum(s.callback_errors for s in counted),
             reconnects_by_code=sum(
-                (Counter(s.reconnects_by_code) for s in statuses),
+                (Counter(s.reconnects_by_code) for s in counted),
                 Counter(retired.reconnects_by_code),
             ),
         )
@@ -277,6 +287,7 @@ class PusherPool:
         if conn.channel_count or len(self._connections) <= 1 or conn not in self._connections:
             return
         self._connections.remove(conn)
+        self._reaped.add(conn)
         log.info("pusher pool: closing idle connection %d", conn.id)
         task = asyncio.get_running_loop().create_task(
             self._close_retired(conn), name=f"kichat-pusher-{conn.id}-reap"
@@ -285,8 +296,11 @@ class PusherPool:
         task.add_done_callback(self._closing.discard)
 
     async def _close_retired(self, conn: PusherConnection) -> None:
-        await conn.close()
-        self._retire(conn)
+        try:
+            await conn.close()
+        finally:
+            self._reaped.discard(conn)
+            self._retire(conn)
 
     def _retire(self, conn: PusherConnection) -> None:
         status = conn.status()
