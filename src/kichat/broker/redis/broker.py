@@ -64,6 +64,7 @@ log = logging.getLogger("kichat.cluster")
 
 _MAX_BATCH: Final = 512  # publications per script call
 _FENCE_FRACTION: Final = 0.8  # of the lease TTL without renewal, after which we let go ourselves
+_HANDOVER_SETTLE: Final = 0.1  # seconds a leaving owner keeps reading after its successor is ready
 
 
 @dataclass(slots=True)
@@ -116,7 +117,7 @@ class RedisBroker(Broker):
         self._scripts = {
             name: self._redis.register_script(getattr(scripts, name))
             for name in ("HELLO", "PUBLISH", "READ", "ACQUIRE", "RENEW", "RELEASE", "ANNOUNCE",
-                         "TAKE_SESSION", "HAND_OVER", "TAKE_OVER", "KNOWN")
+                         "TAKE_SESSION", "HAND_OVER", "TRANSFER", "KNOWN")
         }  # fmt: skip
         self._inbox = f"{prefix}node:{node_id}".encode()
         self._ctl = f"{prefix}ctl".encode()
@@ -129,6 +130,10 @@ class RedisBroker(Broker):
         self._state_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._outbox: deque[tuple[str, bytes, str, bytes]] = deque()
         self._flushing = False
+        self._flushed = asyncio.Event()  # set whenever the outbox is empty and nothing in flight
+        self._flushed.set()
+        self._transfers: dict[str, asyncio.Future[int]] = {}  # topics we wait to receive
+        self._transferring: set[str] = set()  # topics we are handing to a successor
         self._batch_ids = itertools.count(1)
         self._batch_prefix = secrets.token_hex(4)
         self._proto: SubscriberProtocol | None = None
@@ -336,7 +341,17 @@ class RedisBroker(Broker):
                 self._deliver(name, position, data[sep + 1 :])
         elif channel == self._inbox:
             kind, _, arg = data.partition(b"|")
-            if kind == b"taken" and self._handler is not None:
+            if kind == b"ready":
+                offered, _, successor = arg.decode().partition("|")
+                if offered in self._leases and offered not in self._transferring:
+                    self._transferring.add(offered)
+                    asyncio.get_running_loop().create_task(self._transfer(offered, successor))
+            elif kind == b"lease":
+                offered, _, token = arg.decode().partition("|")
+                transfer = self._transfers.get(offered)
+                if transfer is not None and not transfer.done() and token.isdigit():
+                    transfer.set_result(int(token))
+            elif kind == b"taken" and self._handler is not None:
                 pid = arg.decode()
                 self._sessions.forget(pid)
                 self._handler.on_session_taken(pid)
@@ -449,6 +464,7 @@ class RedisBroker(Broker):
             self._warn(f"publish queue full ({self.outbox_limit}): dropping the oldest")
         if not self._flushing:
             self._flushing = True
+            self._flushed.clear()
             asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
@@ -456,6 +472,7 @@ class RedisBroker(Broker):
             await self._drain_outbox()
         finally:
             self._flushing = False
+            self._flushed.set()
 
     async def _drain_outbox(self) -> None:
         attempt = 0
@@ -552,14 +569,60 @@ class RedisBroker(Broker):
         return bool(offered)
 
     async def take_over(self, topic: str) -> Lease | None:
-        token = await self._call(
-            "TAKE_OVER", self._epoch, self.node_id, topic, round(self.lease_ttl * 1000)
-        )
-        if token is None:
+        """Tell the leaving owner we are ready (subscribed upstream); it publishes what it still
+        holds, then moves the lease to us. ``None`` if it picked another successor or is gone."""
+        try:
+            raw = await self._redis.get(f"{self.prefix}handoff:{topic}")
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis: {exc}") from exc
+        if raw is None:
             return None
-        lease = self._leases[topic] = Lease(topic, int(token), takeover=True)
+        holder = (raw.decode() if isinstance(raw, bytes) else raw).rsplit(":", 1)[0]
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._transfers[topic] = waiter
+        try:
+            await self._redis.publish(
+                f"{self.prefix}node:{holder}", f"ready|{topic}|{self.node_id}"
+            )
+            token = await asyncio.wait_for(waiter, self.command_timeout * 2)
+        except (RedisError, TimeoutError):
+            return None
+        finally:
+            self._transfers.pop(topic, None)
+        lease = self._leases[topic] = Lease(topic, token, takeover=True)
         self._status.takeovers += 1
         return lease
+
+    async def _transfer(self, topic: str, successor: str) -> None:
+        """The successor is subscribed upstream: publish what we still hold, then give it the
+        lease (make-before-break: an event either reached us before it was ready, and is
+        published now, or reached it too, and its copy is dropped by key)."""
+        try:
+            lease = self._leases.get(topic)
+            if lease is None:
+                return
+            # Upstream events sent to us just before the successor was subscribed may still be
+            # on their way in: read them, then publish everything before letting go.
+            await asyncio.sleep(_HANDOVER_SETTLE)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), self.command_timeout)
+            token = await self._call(
+                "TRANSFER", self._epoch, self.node_id, topic, lease.token, successor,
+                round(self.lease_ttl * 1000),
+            )  # fmt: skip
+            if token is None or self._leases.get(topic) is not lease:
+                return
+            del self._leases[topic]
+            self._drop_queued(topic)
+            if self._handler is not None:
+                self._handler.on_lease_lost(topic)
+            await self._redis.publish(
+                f"{self.prefix}node:{successor}", f"lease|{topic}|{int(token)}"
+            )
+        except (BrokerUnavailable, RedisError) as exc:
+            log.warning("handing %s over failed: %s", topic, exc)
+        finally:
+            self._transferring.discard(topic)
 
     async def announce(self, lease: Lease, state: TopicState) -> None:
         value = "1" if state.live else f"0|{state.code}|{state.message}"

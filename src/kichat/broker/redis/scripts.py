@@ -16,7 +16,8 @@ Key layout (``P`` is the configured prefix, ``kichat:`` by default; ``T`` a topi
     P handoff:T     STRING "<node>:<token>": the owner is leaving and offers T to a successor
     P alive:N       STRING with a short TTL, refreshed by node N's heartbeat: N is alive
     P ev:T          channel: publications, "<position>|<payload>"
-    P node:N        channel: node N's inbox ("taken|<pid>", probes)
+    P node:N        channel: node N's inbox: "taken|<pid>", probes, and a handover's
+                           "ready|T|<successor>" (to the owner) and "lease|T|<token>" (back)
     P ctl           channel: "free|T" (lease released), "state|T" (state announced),
                            "handoff|T" (the owner is leaving: a reader may take T over)
 
@@ -281,16 +282,19 @@ redis.call('PUBLISH', P .. 'ctl', 'handoff|' .. ARGV[3])
 return 1
 """
 
-# ARGV: prefix, epoch, node, topic, lease ms.  Returns the new token, or false if the topic is
-# not (or no longer) offered. Exactly one successor wins.
-TAKE_OVER: Final = """
+# ARGV: prefix, epoch, node, topic, token, successor, lease ms.  Run by the leaving owner once
+# everything it received before the successor was ready is published: the lease moves to the
+# successor. Returns the successor's token, or false (no longer ours, or no longer offered).
+TRANSFER: Final = """
 local P = ARGV[1]
 if redis.call('HGET', P .. 'meta', 'epoch') ~= ARGV[2] then return false end
 local key = P .. 'own:' .. ARGV[4]
-local offered = redis.call('GET', P .. 'handoff:' .. ARGV[4])
-if not offered or redis.call('GET', key) ~= offered then return false end
+local owner = ARGV[3] .. ':' .. ARGV[5]
+if redis.call('GET', key) ~= owner or redis.call('GET', P .. 'handoff:' .. ARGV[4]) ~= owner then
+  return false
+end
 local token = redis.call('INCR', P .. 'fence')
-redis.call('SET', key, ARGV[3] .. ':' .. token, 'PX', ARGV[5])
+redis.call('SET', key, ARGV[6] .. ':' .. token, 'PX', ARGV[7])
 redis.call('DEL', P .. 'handoff:' .. ARGV[4])
 return token
 """
