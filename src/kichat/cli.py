@@ -41,7 +41,7 @@ from kichat.observability import configure_logging
 from kichat.sim import KickSimulator
 from kichat.sim.cli import main as simulate_main
 from kichat.watch import watch
-from kichat.workers import WorkerSpec, supervise, worker_count
+from kichat.workers import WorkerSpec, follow_supervisor, supervise, worker_count
 
 DEMO_CHANNELS = (("xqc", "668"), ("moonlitfox", "4100123"))
 
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             if worker is None and worker_count(settings.server.workers) > 1:
                 return supervise(settings, argv)
+            if worker is not None:
+                follow_supervisor(worker)
             return _run(lambda stop: _serve(settings, stop), settings.server.use_uvloop)
         return _run(lambda stop: _demo(args, settings, stop), settings.server.use_uvloop)
     except ConfigError as exc:

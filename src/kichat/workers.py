@@ -24,6 +24,8 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -70,6 +72,7 @@ class WorkerSpec:
     count: int
     base: str
     directory: str
+    supervisor: int  # its pid: a worker whose supervisor is gone stops too
 
     @property
     def node_id(self) -> str:
@@ -82,15 +85,25 @@ class WorkerSpec:
         return os.path.join(self.directory, f"w{index}.http")
 
     def encode(self) -> str:
-        return f"{self.index}:{self.count}:{self.base}:{self.directory}"
+        return f"{self.index}:{self.count}:{self.supervisor}:{self.base}:{self.directory}"
 
     @classmethod
     def from_env(cls) -> WorkerSpec | None:
         raw = os.environ.get(ENV)
         if not raw:
             return None
-        index, count, base, directory = raw.split(":", 3)
-        return cls(int(index), int(count), base, directory)
+        index, count, supervisor, base, directory = raw.split(":", 4)
+        return cls(int(index), int(count), base, directory, int(supervisor))
+
+
+def follow_supervisor(spec: WorkerSpec) -> None:
+    """Have the kernel send this worker SIGTERM (a drain) when its supervisor dies, even by
+    SIGKILL, so that no worker is left serving unsupervised (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != spec.supervisor:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class WorkerLink:
@@ -269,7 +282,7 @@ def supervise(settings: Settings, argv: list[str]) -> int:
     argv = [*argv, "--port", str(port)]  # port 0 becomes one port for every worker
     directory = tempfile.mkdtemp(prefix="kichat-workers-")
     base = settings.cluster.node_id or secrets.token_hex(3)
-    specs = [WorkerSpec(i, count, base, directory) for i in range(count)]
+    specs = [WorkerSpec(i, count, base, directory, os.getpid()) for i in range(count)]
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

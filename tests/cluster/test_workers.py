@@ -117,3 +117,22 @@ async def test_workers_without_redis_are_refused_with_what_to_configure() -> Non
     assert code == 2
     assert "server.workers" in err and "need cluster.redis_url" in err
     assert "--redis-url" in err
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for whoever adopted it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        node = await start_workers(c)
+        stats = await node.stats()
+        pids = [s["worker"]["pid"] for s in stats["workers"].values()]
+        node.kill()  # kill -9 the supervisor: nothing may be left serving unsupervised
+        await eventually(lambda: all(gone(pid) for pid in pids), 15 * UNIT,
+                         what="the orphaned workers to stop")  # fmt: skip
