@@ -222,6 +222,8 @@ def measure(children: Children, target: str, load: Load, opts: Options) -> Sampl
     sim.wait_subscribed(room_ids, 60)
     time.sleep(opts.settle)  # subscribes sent after the first one of each room may be in flight
     rss_after = tree_rss_kib(server.pid)
+    if target == "project" and opts.workers > 1:
+        ready["worker_sockets"] = worker_sockets(port)
 
     tree = {"server": server.pid, "sim": sim_proc.pid, "client": client.proc.pid}
     if opts.redis_pid is not None and target == "project":
@@ -260,6 +262,15 @@ def wait_workers(port: int, count: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise BenchError(f"the {count} workers were not all ready within {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def worker_sockets(port: int) -> dict[str, int]:
+    """How the kernel spread the clients over the workers (SO_REUSEPORT)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/stats")
+    stats = json.loads(conn.getresponse().read())
+    conn.close()
+    return {w: s["clients"]["sockets"] for w, s in stats.get("workers", {}).items()}
 
 
 def figures(target: str, load: Load, m: Samples) -> dict[str, Any]:
@@ -307,6 +318,7 @@ def figures(target: str, load: Load, m: Samples) -> dict[str, Any]:
         "window_s": round(wall, 3),
         "delivery_span_s": span_ns / 1e9 if span_ns > 0 else 0.0,
         "connect_s": m.ready["elapsed_s"],
+        "worker_sockets": m.ready.get("worker_sockets"),
     }
 
 

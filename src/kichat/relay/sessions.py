@@ -51,15 +51,16 @@ class SessionRecord:
     positions: dict[str, int]
 
     def dumps(self) -> bytes:
-        return orjson.dumps(
-            {
-                "v": 1,
-                "sid": self.sid,
-                "epoch": self.epoch,
-                "keys": [[k.chatroom_id, k.slug] for k in self.keys],
-                "pos": self.positions,
-            }
-        )
+        doc = {
+            "v": 1,
+            "sid": self.sid,
+            "epoch": self.epoch,
+            "keys": [[k.chatroom_id, k.slug] for k in self.keys],
+            "pos": self.positions,
+        }
+        # A copy: orjson's result keeps a 4 KiB allocation whatever its length, and a record
+        # lives as long as its session (measured: 4 KiB per client otherwise).
+        return bytes(memoryview(orjson.dumps(doc)))
 
     @classmethod
     def loads(cls, raw: bytes) -> SessionRecord | None:
