@@ -54,6 +54,7 @@ from harness import (
 
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
+MANUAL_MARKER = "<!-- recorded by hand -->"
 DEFAULT_PEER_DIR = REPO_DIR.parent / "shared" / "peers" / "node-socketio-relay"
 PUSHER_KEY = "32cbd69e4b950bf97679"
 ROOM_BASE = 700000
@@ -441,6 +442,10 @@ def write_results(sections: dict[str, str]) -> None:
             kept[name] = old[old.index(start) : old.index(end) + len(end)]
     kept.update(sections)
     parts = [RESULTS_HEADER] + [kept[n] for n in LOADS if n in kept]
+    # Sections recorded by hand (cluster mode, workers, throughput) follow this marker.
+    manual = old.find(MANUAL_MARKER)
+    if manual >= 0:
+        parts.append(old[manual:].rstrip("\n"))
     RESULTS_MD.write_text("\n".join(parts) + "\n")
 
 

@@ -162,6 +162,7 @@ async def soak(run: Run, children: Children) -> dict[str, Any]:
             shutil.which("node") or "node", str(NODE_CLIENTS), f"http://127.0.0.1:{port}",
             str(args.node_clients), str(args.rooms), str(args.churn), str(args.seed),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=64 * 1024 * 1024,  # its final report is one JSON line, long after 15 minutes
         )  # fmt: skip
     for i in range(args.clients + args.slow_readers):
         client = Client(swarm, slow=i >= args.clients)
