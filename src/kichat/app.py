@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import secrets
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
@@ -185,6 +185,14 @@ class App:
 
     def _stream_attached(self, key: RoomKey, topic: str, at: int) -> None:
         self.sessions.stream_attached(key, topic, at)
+
+    def clients_snapshot(self) -> dict[str, Any]:
+        """The Socket.IO server's figures, with the recovery log wherever it is kept (in one
+        process, the memory broker holds it)."""
+        snap = self.sio.snapshot()
+        history = self.broker.status().details.get("history_bytes", 0)
+        snap["recovery_log_bytes"] += history if isinstance(history, int) else 0
+        return snap
 
     @property
     def port(self) -> int:

@@ -225,7 +225,7 @@ class GatewayCollector(Collector):
 
     def _downstream(self) -> Iterator[Metric]:
         sio = self.app.sio
-        snap = sio.snapshot()
+        snap = self.app.clients_snapshot()
         by_transport = snap["connections_by_transport"]
         yield _labelled(
             GaugeMetricFamily, "kichat_connected_clients", "Engine.IO connections by transport",

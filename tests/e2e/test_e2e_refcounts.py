@@ -203,6 +203,8 @@ async def test_recovered_client_keeps_the_subscription_and_gets_the_gap_once_in_
         assert unsubscribes.calls == []
         assert app.gateway.stats.deactivations == 0
         assert stack.upstream()[XQC_V2] == 1
+        # What the gap was recovered from is what /stats and /metrics report.
+        assert app.clients_snapshot()["recovery_log_bytes"] > 0
 
 
 async def test_expired_recovery_window_releases_the_subscription() -> None:

@@ -90,7 +90,7 @@ class Ops:
         snapshot = {
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started, 1),
-            "clients": app.sio.snapshot(),
+            "clients": app.clients_snapshot(),
             "sio": {k: v for k, v in vars(app.sio.stats).items() if k != "disconnects"}
             | {"disconnects": dict(app.sio.stats.disconnects)},
             "relay": vars(gw.stats)
