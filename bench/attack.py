@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,18 @@ class RssSampler(threading.Thread):
 
 
 # ------------------------------------------------------------------ attacks
+
+
+def held_on_purpose(port: int) -> dict[str, int]:
+    """What the gateway keeps by design after the attacks (``/stats``): the recovery log's bytes
+    (publications kept for ``socketio.recovery_window`` so that a client back within it gets
+    what it missed) and the sessions still waiting to be recovered."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as reply:
+            clients = json.load(reply)["clients"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {k: clients[k] for k in ("recovery_log_bytes", "detached_sockets") if k in clients}
 
 
 def _connect(port: int) -> socket.socket:
@@ -391,15 +404,21 @@ def main() -> int:
             print(f"{name}: {json.dumps(entry)}", flush=True)
         settle_start = time.monotonic()
         timeline = []
+        held = []
         while (elapsed := time.monotonic() - settle_start) < args.settle:
             timeline.append((round(elapsed), tree_rss_kib(gateway.pid)))
+            held.append(held_on_purpose(port))
             time.sleep(min(5.0, max(0.1, args.settle - elapsed)))
         timeline.append((round(time.monotonic() - settle_start), tree_rss_kib(gateway.pid)))
+        held.append(held_on_purpose(port))
         results["rss_settle_kib"] = timeline
+        results["held_on_purpose"] = held
         final = timeline[-1][1]
         results["rss_final_ratio"] = round(final / baseline, 2)
-        print("RSS while settling (s, MiB): "
-              + ", ".join(f"{t}: {r / 1024:.0f}" for t, r in timeline), flush=True)  # fmt: skip
+        print("RSS while settling (s, MiB, recovery log MiB, detached sessions): " + ", ".join(
+            f"{t}: {r / 1024:.0f} ({h.get('recovery_log_bytes', 0) / 2**20:.1f}, "
+            f"{h.get('detached_sockets', '?')})" for (t, r), h in zip(timeline, held, strict=True)
+        ), flush=True)  # fmt: skip
         print(f"RSS after {timeline[-1][0]} s: {final / 1024:.1f} MiB "
               f"({results['rss_final_ratio']}x before)", flush=True)  # fmt: skip
         probe.stop.set()
