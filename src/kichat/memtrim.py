@@ -77,7 +77,10 @@ class MemoryTrimmer:
         self.trims = 0
         self.returned = 0  # bytes of RSS the trims gave back, in all
         self._libc = _glibc()
-        self._rss_low: int | None = None
+        # The low point starts at the RSS of now, not at the first check: a burst that comes
+        # and goes before that check (10 s by default) would otherwise become the low point,
+        # and its memory would never be returned.
+        self._rss_low = rss_bytes()
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -106,8 +109,7 @@ class MemoryTrimmer:
         if libc is None:
             return 0
         rss = rss_bytes()
-        if self._rss_low is None or rss < self._rss_low:
-            self._rss_low = rss
+        self._rss_low = min(self._rss_low, rss)
         # Pages already trimmed still count as free in mallinfo, hence the RSS condition: it
         # tells whether free memory was touched again since.
         free = int(libc.mallinfo2().fordblks)

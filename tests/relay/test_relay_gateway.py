@@ -24,6 +24,8 @@ from kichat.relay import Gateway, RoomInfo, RoomKey
 from kichat.relay.feeds import Feeds
 from kichat.relay.gateway import STREAM_PENDING
 
+from conftest import eventually
+
 XQC = RoomKey(668, "xqc")
 FAN = RoomKey(668, "xqc-fan")
 V2, LEGACY, STREAM, PREDICTIONS = (
@@ -518,6 +520,22 @@ async def test_dedupe_forgets_after_its_window() -> None:
     r.clock.now += 10.5
     assert len(r.event(LEGACY, CHAT, data)) == 1
     assert len(r.feeds.dedupe) == 1  # the old entry was swept
+
+
+async def test_an_idle_gateway_forgets_old_ids_without_another_event() -> None:
+    # After a burst, no event may come for a long while: the watchdog forgets the burst's ids
+    # (they were kept until the next event: 8 MiB after 20,000 messages, bench/attack.py).
+    r = await make(dedupe_window=10.0, owner_check_interval=0.01)
+    r.gateway.start()
+    try:
+        await active(r, XQC)
+        for i in range(100):
+            r.event(V2, CHAT, {"id": f"m{i}"})
+        assert len(r.feeds.dedupe) == 100
+        r.clock.now += 10.5
+        await eventually(lambda: len(r.feeds.dedupe) == 0, what="the old ids forgotten")
+    finally:
+        await r.gateway.close()
 
 
 async def test_single_alias_rooms_do_no_dedupe_work() -> None:

@@ -104,13 +104,8 @@ class Deduper:
 
     def is_copy(self, group: str, event: str, ident: str, channel: str) -> bool:
         now = self._clock()
+        self._forget_before(now - self.window)
         seen, order = self._seen, self._order
-        horizon = now - self.window
-        while order and order[0][0] < horizon:
-            at, old = order.popleft()
-            entry = seen.get(old)
-            if entry is not None and entry[1] == at:
-                del seen[old]
         key = (group, event, ident)
         previous = seen.get(key)
         if previous is not None and previous[0] != channel:
@@ -118,6 +113,20 @@ class Deduper:
         seen[key] = (channel, now)
         order.append((now, key))
         return False
+
+    def expire(self) -> None:
+        """Forget what is older than the window. Also called on a timer: otherwise, after a
+        burst, an idle gateway would keep the burst's ids (8 MiB for 20,000 messages) until
+        the next event."""
+        self._forget_before(self._clock() - self.window)
+
+    def _forget_before(self, horizon: float) -> None:
+        seen, order = self._seen, self._order
+        while order and order[0][0] < horizon:
+            at, old = order.popleft()
+            entry = seen.get(old)
+            if entry is not None and entry[1] == at:
+                del seen[old]
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -434,10 +434,11 @@ class Gateway:
     # -- the cluster around us -----------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Every ``owner_check_interval``: take over topics we read whose feeder is gone, and
-        give up topics we feed that no node reads any more."""
+        """Every ``owner_check_interval``: take over topics we read whose feeder is gone, give
+        up topics we feed that no node reads any more, and forget old alias ids."""
         while True:
             await asyncio.sleep(self.owner_check_interval)
+            self.feeds.dedupe.expire()
             with contextlib.suppress(BrokerUnavailable):
                 await self.check_owners()
 
