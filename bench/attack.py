@@ -11,6 +11,9 @@ probe measures what an ordinary client sees, and samples the gateway's RSS throu
 ``fragments``     a WebSocket text message continued by endless empty continuation frames
 ``slow-readers``  Socket.IO clients subscribed to a busy chatroom that never read
 
+and, not run by default, a control: ``readers``, the same clients and traffic as
+``slow-readers`` but read as they come (what the traffic alone leaves in memory).
+
 For each attack it prints how the server answered (status line, close code, bytes it took
 before refusing), the probe's worst and 99th-percentile latency for ``GET /healthz`` during the
 attack, and the gateway's RSS before, at its peak and after. At the end it waits ``--settle``
@@ -19,6 +22,7 @@ attacks made the process take comes back.
 
     .venv/bin/python bench/attack.py                         # every attack, 60 s settle
     .venv/bin/python bench/attack.py --attacks pipeline,header --duration 5 --settle 20
+    .venv/bin/python bench/attack.py --attacks readers            # the control
     .venv/bin/python bench/attack.py --json out.json
 
 Stdlib only (plus the installed project, started as child processes that are killed on exit).
@@ -32,6 +36,7 @@ import base64
 import contextlib
 import json
 import os
+import selectors
 import socket
 import statistics
 import struct
@@ -134,6 +139,13 @@ def held_on_purpose(port: int) -> dict[str, int]:
     except (OSError, ValueError, KeyError):
         return {}
     return {k: clients[k] for k in ("recovery_log_bytes", "detached_sockets") if k in clients}
+
+
+def slow_clients_cut_off(port: int) -> int:
+    """The gateway's count of clients it cut off for not reading (``/stats``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as reply:
+        count: int = json.load(reply)["sio"]["slow_clients"]
+    return count
 
 
 def _connect(port: int) -> socket.socket:
@@ -294,31 +306,68 @@ def attack_fragments(port: int, duration: float) -> dict[str, Any]:
 
 
 def attack_slow_readers(port: int, duration: float, *, sim: Sim, clients: int) -> dict[str, Any]:
+    return _busy_room(port, duration, sim=sim, clients=clients, reading=False)
+
+
+def control_readers(port: int, duration: float, *, sim: Sim, clients: int) -> dict[str, Any]:
+    """Not an attack: the same clients and traffic as ``slow-readers``, read as they come. Run
+    alone (``--attacks readers``), it shows what the traffic itself leaves in memory."""
+    return _busy_room(port, duration, sim=sim, clients=clients, reading=True)
+
+
+def _drain(socks: list[socket.socket], stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        with selectors.DefaultSelector() as sel:
+            for sock in socks:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ)
+            while not stop.is_set():
+                for key, _ in sel.select(0.1):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        if not sock.recv(1 << 20):
+                            sel.unregister(sock)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        sel.unregister(sock)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _busy_room(
+    port: int, duration: float, *, sim: Sim, clients: int, reading: bool
+) -> dict[str, Any]:
     socks = []
     for _ in range(clients):
         sock = _ws_open(port, "/socket.io/?EIO=4&transport=websocket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        if not reading:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(_masked(0x1, b"40"))
         subscribe = {"channelName": "chan0", "chatroomId": str(CHATROOM)}
         sock.sendall(_masked(0x1, b"42" + json.dumps(["subscribe", subscribe]).encode()))
         socks.append(sock)
     sim.wait_subscribed([CHATROOM], 10)
+    cut_before = slow_clients_cut_off(port)
+    stop = threading.Event()
+    drainer = _drain(socks, stop) if reading else None
     sim.start_bench([CHATROOM], rate=2000, duration=duration)
     deadline = time.monotonic() + duration + 1
     while time.monotonic() < deadline and sim.bench().get("running"):
         time.sleep(0.2)
-    closed = 0
-    for sock in socks:  # a socket the server cut off reads as EOF/reset once drained
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            try:
-                while sock.recv(1 << 20):
-                    pass
-                closed += 1
-            except OSError:
-                closed += 1
+    if drainer is not None:
+        time.sleep(1)  # the last messages
+        stop.set()
+        drainer.join()
+    for sock in socks:
         sock.close()
-    return {"clients": clients, "cut_off": closed, "published": sim.bench().get("published")}
+    # Counted by the server: a client cut off with bytes still in the kernel's send buffer is
+    # not told at once (the kernel keeps delivering them), so the client side cannot tell.
+    cut_off = slow_clients_cut_off(port) - cut_before
+    return {"clients": clients, "cut_off": cut_off, "published": sim.bench().get("published")}
 
 
 ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -329,6 +378,8 @@ ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
     "fragments": attack_fragments,
     "slow-readers": attack_slow_readers,
 }
+# Not attacks, and not run by default: what the same traffic costs without an attacker.
+CONTROLS: dict[str, Callable[..., dict[str, Any]]] = {"readers": control_readers}
 
 
 # ------------------------------------------------------------------ the run
@@ -352,9 +403,10 @@ def main() -> int:
                         help="a gateway setting (kichat serve --set)")  # fmt: skip
     args = parser.parse_args()
     names = [n.strip() for n in args.attacks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ATTACKS]
+    runs = ATTACKS | CONTROLS
+    unknown = [n for n in names if n not in runs]
     if unknown:
-        parser.error(f"unknown attacks: {', '.join(unknown)} (known: {', '.join(ATTACKS)})")
+        parser.error(f"unknown attacks: {', '.join(unknown)} (known: {', '.join(runs)})")
     raise_nofile(args.slow_clients + 64)
 
     children = Children(Path(tempfile.mkdtemp(prefix="kichat-attack-")))
@@ -389,8 +441,9 @@ def main() -> int:
         print(f"gateway pid {gateway.pid}, RSS before: {baseline / 1024:.1f} MiB", flush=True)
         for name in names:
             start = time.monotonic()
-            extra = {"sim": sim, "clients": args.slow_clients} if name == "slow-readers" else {}
-            outcome = ATTACKS[name](port, args.duration, **extra)
+            busy_room = name in ("slow-readers", "readers")
+            extra = {"sim": sim, "clients": args.slow_clients} if busy_room else {}
+            outcome = runs[name](port, args.duration, **extra)
             end = time.monotonic()
             time.sleep(0.5)
             entry = {
