@@ -224,6 +224,8 @@ class Feeds:
         except (UpstreamError, BrokerUnavailable) as exc:
             log.info("cannot take %s over: %s", topic, exc)
             lease = None
+        if lease is None and feed.lease is not None:
+            lease = feed.lease  # acquired meanwhile (start() found this feed): keep feeding
         if lease is None or feed.stopped:
             await self.stop(topic)
             return

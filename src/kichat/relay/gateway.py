@@ -443,8 +443,11 @@ class Gateway:
                 await self.check_owners()
 
     async def check_owners(self) -> None:
+        # A topic this node is already taking (a leaving owner hands it over) is not an orphan:
+        # acquiring it here as well raced the handover, which then gave the feed up.
+        owned = self.feeds.owned
         orphans = [t for t, local in self._topics.items() if local.ready and local.ready.done()
-                   and t not in self.broker.leases]  # fmt: skip
+                   and t not in self.broker.leases and t not in owned]  # fmt: skip
         if orphans:
             for lease in await self.broker.acquire(orphans):
                 log.info("taking over %s%s", lease.topic,
