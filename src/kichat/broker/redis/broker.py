@@ -319,11 +319,6 @@ class RedisBroker(Broker):
             await asyncio.shield(proto.lost)
             self._ready.clear()
             self._status.connected = False
-            # What cut the subscriber (Redis restarted, the network) has most likely cut the
-            # idle command connections too: drop them, so that the next command connects
-            # afresh instead of failing once on a dead socket (commands are not retried).
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.connection_pool.disconnect(inuse_connections=False)
             if not self._closing:
                 self._warn("the Redis subscriber connection was lost; reconnecting")
 
