@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import socket
 import struct
 import time
@@ -189,6 +190,28 @@ async def test_body_trickled_in_tiny_pieces_is_held_once() -> None:
     assert head.startswith(b"HTTP/1.1 200")
     assert ("request", "POST", "/upload", {}, b"0123456789" * (size // 10)) in events
     assert watch.max_held <= size + 200
+
+
+async def test_a_client_that_sends_a_whole_large_upload_before_reading_gets_its_413() -> None:
+    """Python's http.client writes the whole body, then reads. The refusal comes at the head;
+    the server must go on dropping what arrives (16 MiB here, several MiB of it already in the
+    kernel's buffers) rather than reset the connection, which would destroy the answer."""
+
+    def upload(port: int) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10 * UNIT)
+        try:
+            conn.request("POST", "/upload", body=b"u" * (16 << 20))
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    async with serve(max_body_size=1000) as (server, events):
+        status, body = await asyncio.to_thread(upload, server.port)
+        assert not [e for e in events if e[0] == "request"]
+        # ... and the server is left with nothing of it.
+        await eventually(lambda: not server.http_connections, 5 * UNIT, "connection closed")
+    assert (status, b'"code":"body_too_large"' in body) == (413, True), (status, body)
 
 
 # ------------------------------------------------------------------ item 2: pipelining

@@ -46,9 +46,11 @@ _REASONS: Final = {
 # Requests parsed ahead of the one being handled, at most, on one connection.
 _MAX_PIPELINED: Final = 4
 # After refusing a request: how long to keep reading (and dropping) what the client still
-# sends, and how much of it, so that our answer is not destroyed by a reset (see _reject).
+# sends, so that our answer is not destroyed by a reset (see _reject). A time bound, not a
+# byte bound: dropped bytes cost no memory, and a client that writes a whole large upload
+# before it reads (Python's http.client does) has several MiB in flight in loopback's
+# kernel buffers alone; a byte bound reset it instead of letting it read the 413.
 _LINGER: Final = 2.0
-_LINGER_BYTES: Final = 1 << 20
 # What HttpProtocol's one timer is waiting for.
 _RECEIVING, _IDLE, _WRITING, _LINGERING = range(4)
 
@@ -258,7 +260,6 @@ class HttpProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_kind: tuple[int, int] | None = None
         self.closing = False
-        self.lingering = 0  # bytes still accepted (and dropped) while lingering after a refusal
         self.reading_paused = False
         self.writing_paused = False
         self.write_buffered = 0  # write buffer size when the write timer was armed
@@ -285,8 +286,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes, *, redirectable: bool = True) -> None:
         if self.closing:
-            self._linger(len(data))
-            return
+            return  # lingering after a refusal, or closing: drop it
         assert self.reader is not None
         if redirectable and self._at_request_start():
             data = self._redirect(data)
@@ -323,8 +323,8 @@ class HttpProtocol(asyncio.Protocol):
         return head
 
     def eof_received(self) -> bool | None:
-        if self.lingering:
-            self._close()
+        if self.closing:
+            self._close()  # the client has read our refusal and hung up: stop lingering
         return None  # close the transport
 
     def pause_writing(self) -> None:
@@ -338,7 +338,6 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.lingering = 0
         self._disarm()
         self.server.forget_http(self)
         if self.task is not None and not self.task.done():
@@ -467,25 +466,17 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return
         # Closing now, with the client's bytes unread, would make the kernel answer with a
-        # reset that can destroy the response in flight. Send FIN, drop what still comes
-        # (up to _LINGER_BYTES), close when the client does or after _LINGER seconds.
+        # reset that can destroy the response in flight. Send FIN, drop what still comes,
+        # close when the client does or after _LINGER seconds.
         self.closing = True
-        self.lingering = _LINGER_BYTES
         transport.write_eof()
         if self.reading_paused:
             self.reading_paused = False
             transport.resume_reading()
         self._arm(_LINGER, _LINGERING)
 
-    def _linger(self, received: int) -> None:
-        if self.lingering:
-            self.lingering = max(0, self.lingering - received)
-            if not self.lingering:
-                self._close(abort=True)
-
     def _close(self, *, abort: bool = False) -> None:
         self.closing = True
-        self.lingering = 0
         self._disarm()
         if self.transport is not None:
             if abort:
