@@ -147,11 +147,12 @@ class Cluster:
         return self.sim.subscribers(channel)
 
     async def owner(self, topic: str = "chatroom:668") -> str | None:
-        """The node that holds ``topic``'s lease, from Redis."""
+        """The node that holds ``topic``'s lease, from Redis (whose value is "<node id>/<process
+        nonce>:<token>")."""
         raw = self.redis.command("GET", f"{self.prefix}own:{topic}")
         if raw.startswith(b"$-1"):
             return None
-        return raw.split(b"\r\n")[1].decode().rsplit(":", 1)[0]
+        return raw.split(b"\r\n")[1].decode().rsplit(":", 1)[0].rsplit("/", 1)[0]
 
     async def chat(self, count: int, slug: str = "xqc", interval: float = 0.0) -> list[str]:
         """Publish ``count`` chat messages on ``slug``'s chatroom; their ids, in order."""

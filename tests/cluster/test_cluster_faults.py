@@ -74,6 +74,51 @@ async def test_owner_killed_is_replaced_within_3_s_and_its_gap_is_backfilled(
                       f"{len(ids)} messages, none lost or repeated")  # fmt: skip
 
 
+async def test_an_owner_restarted_under_its_node_id_at_once_is_still_taken_over(
+    tmp_path: Path,
+) -> None:
+    """A supervisor (``--workers``, systemd) restarts a killed process under the same node id
+    within a second. The dead process's lease must not look alive because its node id beats
+    again: another reader takes it over as from a dead owner, at the node timeout rather than
+    when the lease runs out, and backfills the gap (before: taken at the lease's end, as if
+    released cleanly, and the gap's messages were lost)."""
+    lease_ttl = 6.0  # long enough to tell the node timeout (0.6 s) from the lease's end
+    env = {"KICHAT_CLUSTER_LEASE_TTL": str(lease_ttl)}
+    async with cluster(tmp_path) as c:
+        a = await c.start_node("a", **env)
+        async with tcp_proxy(a.port) as lb, c.clients(lb.http_url, 3) as on_a:
+            assert await c.owner() == "a"
+            b = await c.start_node("b", **env)
+            async with c.clients(b.url, 5) as on_b:
+                ids: list[str] = []
+                stop = asyncio.Event()
+                publisher = asyncio.ensure_future(publish_steadily(c, stop, ids, 0.02))
+                await eventually(lambda: len(ids) > 20, what="traffic")
+                await all_received(on_b, ids[:20])
+                lb.retarget(b.port)  # a's clients recover on b: the restarted a reads nothing
+                a.kill()
+                killed_at = time.monotonic()
+                assert a.proc is not None
+                await a.proc.wait()
+                await c.start_node("a", **env)  # back at once, under the same node id
+                await eventually(lambda: "its feeder is gone" in b.log_text(), 10 * UNIT,
+                                 what="b to take the chatroom over from the dead owner")  # fmt: skip
+                taken_after = time.monotonic() - killed_at
+                await asyncio.sleep(0.3)
+                stop.set()
+                await publisher
+                for group in (on_a, on_b):
+                    await all_received(group, ids, 15 * UNIT)
+                    for state in await report(group):
+                        check_once_in_order(state, ids)
+                assert await c.owner() == "b"
+                assert taken_after < lease_ttl * 0.75, f"taken over after {taken_after:.2f} s"
+                await single_upstream(c)
+                print(f"owner killed and restarted under its id: taken over after "
+                      f"{taken_after:.2f} s (lease {lease_ttl:g} s); {len(ids)} messages, "
+                      "none lost or repeated")  # fmt: skip
+
+
 async def test_owner_stopped_gracefully_hands_over_without_a_gap(tmp_path: Path) -> None:
     async with cluster(tmp_path, nodes=2) as c, tcp_proxy(c.nodes["a"].port) as lb:
         a, b = c.nodes["a"], c.nodes["b"]

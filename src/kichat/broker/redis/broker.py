@@ -93,6 +93,11 @@ class RedisBroker(Broker):
         reconnect_max: float = 2.0,
     ) -> None:
         self.node_id = node_id
+        # Who holds leases, beats and reads an inbox: this process, not its node id. A worker
+        # that its supervisor restarts comes back under the same node id within a second; had
+        # it inherited the dead process's liveness, that process's leases would have looked
+        # alive (nobody renewing them) until they expired, and their gap counted as no takeover.
+        self.member = f"{node_id}/{secrets.token_hex(4)}"
         self.prefix = prefix
         self.window = window
         self.lease_ttl = lease_ttl
@@ -119,7 +124,7 @@ class RedisBroker(Broker):
             for name in ("HELLO", "PUBLISH", "READ", "ACQUIRE", "RENEW", "RELEASE", "ANNOUNCE",
                          "TAKE_SESSION", "HAND_OVER", "TRANSFER", "KNOWN")
         }  # fmt: skip
-        self._inbox = f"{prefix}node:{node_id}".encode()
+        self._inbox = f"{prefix}node:{self.member}".encode()
         self._ctl = f"{prefix}ctl".encode()
         self._ev = f"{prefix}ev:".encode()
         self._epoch = ""
@@ -146,7 +151,7 @@ class RedisBroker(Broker):
         self._closing = False
         self._status = BrokerStatus(backend="redis", node_id=node_id, epoch="", connected=False)
         self._sessions = SessionKeys(self._redis, self._scripts["TAKE_SESSION"], self._status,
-                                     prefix=prefix, node_id=node_id, window=window,
+                                     prefix=prefix, member=self.member, window=window,
                                      live_slack=self.renew_interval * 2)  # fmt: skip
         self._misconfigured: str | None = None
         self._other_prefixes: list[str] = []
@@ -193,7 +198,7 @@ class RedisBroker(Broker):
         if self._proto is not None:
             self._proto.close()
         with contextlib.suppress(RedisError, TimeoutError):
-            await self._redis.delete(f"{self.prefix}alive:{self.node_id}")
+            await self._redis.delete(f"{self.prefix}alive:{self.member}")
         await self._redis.aclose()
 
     async def _call(self, name: str, *args: Any) -> Any:
@@ -480,7 +485,7 @@ class RedisBroker(Broker):
             batch = [self._outbox.popleft() for _ in range(min(_MAX_BATCH, len(self._outbox)))]
             batch_id = f"{self._batch_prefix}:{next(self._batch_ids)}"
             while True:
-                args: list[Any] = [self._epoch, batch_id, self.node_id, self.window,
+                args: list[Any] = [self._epoch, batch_id, self.member, self.window,
                                    self.history_max]  # fmt: skip
                 kept = []
                 for entry in batch:
@@ -540,7 +545,7 @@ class RedisBroker(Broker):
         if not wanted:
             return []
         reply = await self._call(
-            "ACQUIRE", self._epoch, self.node_id, round(self.lease_ttl * 1000), *wanted
+            "ACQUIRE", self._epoch, self.member, round(self.lease_ttl * 1000), *wanted
         )
         if reply and reply[0] == b"epoch":
             await self._hello()
@@ -560,11 +565,11 @@ class RedisBroker(Broker):
         if self._leases.get(lease.topic) is lease:
             del self._leases[lease.topic]
         self._drop_queued(lease.topic)
-        await self._call("RELEASE", self.node_id, lease.topic, lease.token)
+        await self._call("RELEASE", self.member, lease.topic, lease.token)
 
     async def hand_over(self, lease: Lease) -> bool:
         offered = await self._call(
-            "HAND_OVER", self.node_id, lease.topic, lease.token, round(self.lease_ttl * 1000)
+            "HAND_OVER", self.member, lease.topic, lease.token, round(self.lease_ttl * 1000)
         )
         return bool(offered)
 
@@ -581,9 +586,7 @@ class RedisBroker(Broker):
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._transfers[topic] = waiter
         try:
-            await self._redis.publish(
-                f"{self.prefix}node:{holder}", f"ready|{topic}|{self.node_id}"
-            )
+            await self._redis.publish(f"{self.prefix}node:{holder}", f"ready|{topic}|{self.member}")
             token = await asyncio.wait_for(waiter, self.command_timeout * 2)
         except (RedisError, TimeoutError):
             return None
@@ -607,7 +610,7 @@ class RedisBroker(Broker):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flushed.wait(), self.command_timeout)
             token = await self._call(
-                "TRANSFER", self._epoch, self.node_id, topic, lease.token, successor,
+                "TRANSFER", self._epoch, self.member, topic, lease.token, successor,
                 round(self.lease_ttl * 1000),
             )  # fmt: skip
             if token is None or self._leases.get(topic) is not lease:
@@ -627,7 +630,7 @@ class RedisBroker(Broker):
     async def announce(self, lease: Lease, state: TopicState) -> None:
         value = "1" if state.live else f"0|{state.code}|{state.message}"
         await self._call(
-            "ANNOUNCE", self.node_id, lease.topic, lease.token, value,
+            "ANNOUNCE", self.member, lease.topic, lease.token, value,
             round(self.lease_ttl * 1000),
         )  # fmt: skip
 
@@ -662,7 +665,7 @@ class RedisBroker(Broker):
     async def _beat_once(self) -> None:
         try:
             await self._redis.set(
-                f"{self.prefix}alive:{self.node_id}", b"1", px=round(self.node_timeout * 1000)
+                f"{self.prefix}alive:{self.member}", b"1", px=round(self.node_timeout * 1000)
             )
         except RedisError as exc:
             raise BrokerUnavailable(f"Redis: {exc}") from exc
@@ -705,7 +708,7 @@ class RedisBroker(Broker):
     async def _renew(self) -> None:
         leases = list(self._leases.values())
         if leases:
-            args: list[Any] = [self._epoch, self.node_id, round(self.lease_ttl * 1000)]
+            args: list[Any] = [self._epoch, self.member, round(self.lease_ttl * 1000)]
             for lease in leases:
                 args += [lease.topic, lease.token]
             reply = await self._call("RENEW", *args)

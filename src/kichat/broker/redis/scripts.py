@@ -1,6 +1,8 @@
 """The Lua scripts of the Redis broker: every step that must be atomic is one script.
 
-Key layout (``P`` is the configured prefix, ``kichat:`` by default; ``T`` a topic, ``N`` a node)::
+Key layout (``P`` is the configured prefix, ``kichat:`` by default; ``T`` a topic; ``N`` a
+member: one process of a node, "<node id>/<random nonce>", so that a node restarted under the
+same id is not mistaken for the process that died)::
 
     P meta          HASH   epoch, fingerprint (settings every node must share)
     P g             STRING the position counter: INCR per publication, for all topics
@@ -8,13 +10,13 @@ Key layout (``P`` is the configured prefix, ``kichat:`` by default; ``T`` a topi
                            of T, to detect trimmed history), k (dedupe key, optional)
     P clock         LIST   "<unix second>:<position>", one per second: trims logs by age
     P gmin          STRING the position below which logs may be trimmed (older than the window)
-    P own:T         STRING "<node>:<token>" with a TTL: the lease
+    P own:T         STRING "N:<token>" with a TTL: the lease
     P live:T        STRING the owner's announced state of T ("1" or "0|code|message")
     P fence         STRING token counter
-    P s:<pid>       STRING "<node>|<record>" with a TTL: a saved session
+    P s:<pid>       STRING "N|<record>" with a TTL: a saved session
     P batch:<id>    STRING marks a publish batch applied (retries after a lost reply are no-ops)
-    P handoff:T     STRING "<node>:<token>": the owner is leaving and offers T to a successor
-    P alive:N       STRING with a short TTL, refreshed by node N's heartbeat: N is alive
+    P handoff:T     STRING "N:<token>": the owner is leaving and offers T to a successor
+    P alive:N       STRING with a short TTL, refreshed by N's heartbeat: N is alive
     P ev:T          channel: publications, "<position>|<payload>"
     P node:N        channel: node N's inbox: "taken|<pid>", probes, and a handover's
                            "ready|T|<successor>" (to the owner) and "lease|T|<token>" (back)
@@ -182,9 +184,9 @@ return out
 # ARGV: prefix, epoch, node, lease ms, then topics.  Returns flat {topic, token, takeover}.
 # A topic is taken if nobody holds it, or if its holder is dead: its heartbeat key expired (a
 # killed or partitioned node stops beating; a subscriber reconnecting does not, which is why
-# liveness is not read from the holder's pub/sub subscriptions). A lease held under this
-# node's own id but unknown to the caller (a restarted process reusing its node id) is taken
-# over too.
+# liveness is not read from the holder's pub/sub subscriptions). A lease held under the caller's
+# own identity but unknown to it (it gave the lease up locally, fenced, while Redis kept it) is
+# taken over too.
 ACQUIRE: Final = """
 local P, node, ttl = ARGV[1], ARGV[3], ARGV[4]
 if redis.call('HGET', P .. 'meta', 'epoch') ~= ARGV[2] then return {'epoch'} end

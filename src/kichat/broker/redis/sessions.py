@@ -27,7 +27,7 @@ class SessionKeys:
         status: BrokerStatus,
         *,
         prefix: str,
-        node_id: str,
+        member: str,
         window: float,
         live_slack: float,
     ) -> None:
@@ -35,7 +35,7 @@ class SessionKeys:
         self._take = take_script
         self._status = status
         self.prefix = prefix
-        self.node_id = node_id
+        self.member = member
         self.window = window
         self.live_slack = live_slack
         self.live: dict[str, bytes] = {}  # pid -> record, refreshed while its client is here
@@ -44,7 +44,7 @@ class SessionKeys:
         return f"{self.prefix}s:{pid}"
 
     def _value(self, record: bytes) -> bytes:
-        return self.node_id.encode() + b"|" + record
+        return self.member.encode() + b"|" + record
 
     async def save(self, pid: str, record: bytes, *, live: bool) -> None:
         ttl = self.window + (self.live_slack if live else 0)
@@ -79,7 +79,7 @@ class SessionKeys:
 
     async def take(self, pid: str) -> bytes | None:
         try:
-            record: Any = await self._take(keys=[], args=[self.prefix, self.node_id, pid])
+            record: Any = await self._take(keys=[], args=[self.prefix, self.member, pid])
         except RedisError as exc:
             raise BrokerUnavailable(f"Redis: {exc}") from exc
         self.live.pop(pid, None)
