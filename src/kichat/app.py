@@ -146,7 +146,7 @@ class App:
             connections_per_ip=s.limits.connections_per_ip,
             api_keys=api_keys,
             trusted_proxies=trusted,
-            upstream_refusal=lambda: self.pool.status().fatal_error,
+            upstream_refusal=self.pool.refusal,
             stream_lookup_wait=s.relay.stream_lookup_wait,
         )
         self.loop_lag = LoopLagMonitor()
@@ -190,8 +190,7 @@ class App:
         """The Socket.IO server's figures, with the recovery log wherever it is kept (in one
         process, the memory broker holds it)."""
         snap = self.sio.snapshot()
-        history = self.broker.status().details.get("history_bytes", 0)
-        snap["recovery_log_bytes"] += history if isinstance(history, int) else 0
+        snap["recovery_log_bytes"] += self.broker.status().history_bytes
         return snap
 
     @property

@@ -99,6 +99,7 @@ class BrokerStatus:
     sessions_saved: int = 0
     sessions_taken: int = 0
     rtt_ms: float | None = None  # round trip of the last health probe
+    history_bytes: int = 0  # publications kept in this process for recovery (memory broker)
     details: dict[str, object] = field(default_factory=dict)
 
 

@@ -344,5 +344,6 @@ class MemoryBroker(Broker):
         status = self._status
         status.owned_topics = len(self._leases)
         status.subscribed_topics = len(self._subscribed)
-        status.details = {"history_bytes": self.bytes, "sessions": len(self._sessions)}
+        status.history_bytes = self.bytes
+        status.details = {"sessions": len(self._sessions)}
         return status

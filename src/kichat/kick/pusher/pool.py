@@ -257,6 +257,12 @@ class PusherPool:
         )
         return conn
 
+    def refusal(self) -> str | None:
+        """Why Kick refuses the app on every connection (a fatal close), or ``None``. Cheap: a
+        subscribe asks before it waits for a connection."""
+        fatal = self._fatal_error()
+        return str(fatal) if fatal is not None else None
+
     def _fatal_error(self) -> PusherFatalError | None:
         for conn in self._connections:
             error = conn.fatal_error
