@@ -66,7 +66,9 @@ operation = st.one_of(
     ops=st.lists(operation, max_size=400),
 )
 def test_history_matches_a_model_of_what_it_must_keep(
-    window: float, max_bytes: int, ops: list[tuple]  # type: ignore[type-arg]
+    window: float,
+    max_bytes: int,
+    ops: list[tuple],  # type: ignore[type-arg]
 ) -> None:
     model = Model(window, max_bytes)
     broker = MemoryBroker(window=window, max_bytes=max_bytes, clock=lambda: model.now)
