@@ -45,12 +45,20 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import Children, Sim, flags, free_port, raise_nofile, tree_rss_kib, wait_listening
+from harness import (
+    Children,
+    Sim,
+    flags,
+    free_port,
+    gateway_stats,
+    raise_nofile,
+    tree_rss_kib,
+    wait_listening,
+)
 
 PUSHER_KEY = "32cbd69e4b950bf97679"
 CHATROOM = 700000
@@ -134,8 +142,7 @@ def held_on_purpose(port: int) -> dict[str, int]:
     (publications kept for ``socketio.recovery_window`` so that a client back within it gets
     what it missed) and the sessions still waiting to be recovered."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as reply:
-            clients = json.load(reply)["clients"]
+        clients = gateway_stats(port, timeout=5)["clients"]
     except (OSError, ValueError, KeyError):
         return {}
     return {k: clients[k] for k in ("recovery_log_bytes", "detached_sockets") if k in clients}
@@ -143,8 +150,7 @@ def held_on_purpose(port: int) -> dict[str, int]:
 
 def slow_clients_cut_off(port: int) -> int:
     """The gateway's count of clients it cut off for not reading (``/stats``)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as reply:
-        count: int = json.load(reply)["sio"]["slow_clients"]
+    count: int = gateway_stats(port, timeout=5)["sio"]["slow_clients"]
     return count
 
 

@@ -237,6 +237,17 @@ def free_port() -> int:
         return port
 
 
+def gateway_stats(port: int, timeout: float = 10.0) -> dict[str, Any]:
+    """The gateway's ``GET /stats`` (for one process, or the sum and each worker's figures)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/stats")
+        stats: dict[str, Any] = json.loads(conn.getresponse().read())
+        return stats
+    finally:
+        conn.close()
+
+
 def wait_listening(proc: subprocess.Popen[str], port: int, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

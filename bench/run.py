@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import http.client
 import importlib.util
 import json
 import os
@@ -43,6 +42,7 @@ from harness import (
     build_loadclient,
     flags,
     free_port,
+    gateway_stats,
     install_peer,
     raise_nofile,
     start_redis,
@@ -252,10 +252,7 @@ def wait_workers(port: int, count: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/stats")
-            stats = json.loads(conn.getresponse().read())
-            conn.close()
+            stats = gateway_stats(port, timeout=2)
             if len(stats.get("workers", {})) == count and stats.get("ready"):
                 return
         except (OSError, ValueError):
@@ -267,10 +264,7 @@ def wait_workers(port: int, count: int, timeout: float) -> None:
 
 def worker_sockets(port: int) -> dict[str, int]:
     """How the kernel spread the clients over the workers (SO_REUSEPORT)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/stats")
-    stats = json.loads(conn.getresponse().read())
-    conn.close()
+    stats = gateway_stats(port, timeout=5)
     return {w: s["clients"]["sockets"] for w, s in stats.get("workers", {}).items()}
 
 

@@ -50,6 +50,7 @@ from harness import (
     Sim,
     flags,
     free_port,
+    gateway_stats,
     raise_nofile,
     tree_cpu_seconds,
     tree_rss_kib,
@@ -265,18 +266,6 @@ async def node_report(node: asyncio.subprocess.Process) -> dict[str, Any]:
     if node.returncode is None:
         node.kill()
     return report
-
-
-def gateway_stats(port: int) -> dict[str, Any]:
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/stats")
-        result: dict[str, Any] = json.loads(conn.getresponse().read())
-        return result
-    finally:
-        conn.close()
 
 
 def print_progress(run: Run, swarm: Swarm, now: float) -> None:

@@ -245,6 +245,13 @@ async def cluster(tmp: Path, nodes: int = 0) -> AsyncIterator[Cluster]:
         yield c
 
 
+async def publish_steadily(c: Cluster, stop: asyncio.Event, ids: list[str], every: float) -> None:
+    """Chat on xqc every ``every`` seconds until ``stop``, appending each id to ``ids``."""
+    while not stop.is_set():
+        ids.extend(await c.chat(1))
+        await asyncio.sleep(every)
+
+
 async def single_upstream(c: Cluster, what: str = "") -> None:
     """Exactly one upstream subscription per channel of xqc, in the end."""
     await eventually(

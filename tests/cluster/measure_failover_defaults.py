@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kichat.config.schema import ClusterSettings, PusherSettings, RelaySettings
 
-from cluster_harness import all_received, check_once_in_order, cluster, report
+from cluster_harness import all_received, check_once_in_order, cluster, publish_steadily, report
 from conftest import eventually
 from redis_support import tcp_proxy
 
@@ -43,13 +43,7 @@ async def test_owner_kill_with_default_timings(tmp_path: Path) -> None:
                 ids = await c.chat(10)
                 await all_received(on_b, ids)
                 stop = asyncio.Event()
-
-                async def pub() -> None:
-                    while not stop.is_set():
-                        ids.extend(await c.chat(1))
-                        await asyncio.sleep(0.05)
-
-                publisher = asyncio.ensure_future(pub())
+                publisher = asyncio.ensure_future(publish_steadily(c, stop, ids, 0.05))
                 await eventually(lambda: len(ids) > 30, what="traffic")
                 a.kill()
                 killed_at, mark = time.monotonic(), len(ids)

@@ -17,10 +17,10 @@ import pytest
 from cluster_harness import (
     CHAT,
     XQC,
-    Cluster,
     all_received,
     check_once_in_order,
     cluster,
+    publish_steadily,
     report,
     single_upstream,
 )
@@ -28,12 +28,6 @@ from conftest import UNIT, eventually
 from redis_support import tcp_proxy
 
 pytestmark = [pytest.mark.node, pytest.mark.cluster]
-
-
-async def publish_steadily(c: Cluster, stop: asyncio.Event, ids: list[str], every: float) -> None:
-    while not stop.is_set():
-        ids.extend(await c.chat(1))
-        await asyncio.sleep(every)
 
 
 async def test_owner_killed_is_replaced_within_3_s_and_its_gap_is_backfilled(
