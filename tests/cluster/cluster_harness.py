@@ -202,7 +202,14 @@ async def all_received(clients: NodeScript, ids: list[str], within: float = 15 *
             return
         if loop.time() > deadline:
             missing = sum(1 for s in states if ids[-1] not in s["ids"])
-            raise AssertionError(f"{missing} of {len(states)} clients never got the last message")
+            # Enough to tell a stalled feed from clients that never came back.
+            seen = [{k: v for k, v in s.items() if k != "ids"}
+                    | {"received": len(s["ids"]), "last": ranks(s["ids"][-1:], ids)}
+                    for s in states]  # fmt: skip
+            raise AssertionError(
+                f"{missing} of {len(states)} clients never got the last message (of "
+                f"{len(ids)}): {seen}"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -242,7 +249,13 @@ async def cluster(tmp: Path, nodes: int = 0) -> AsyncIterator[Cluster]:
         stack.push_async_callback(c.close)
         for name in "abcdefgh"[:nodes]:
             await c.start_node(name)
-        yield c
+        try:
+            yield c
+        except BaseException:
+            # The nodes' side of a failure: pytest shows what was printed with the report.
+            for node in c.nodes.values():
+                print(f"---- node {node.name}, end of its log:\n{node.log_text()[-4000:]}")
+            raise
 
 
 async def publish_steadily(c: Cluster, stop: asyncio.Event, ids: list[str], every: float) -> None:

@@ -6,7 +6,7 @@
 // its "connect" handler unless the connection was recovered (the README's recommended pattern),
 // and records the id of every ChatMessageEvent in arrival order. Prints {"ev":"ready"} once every
 // client has connected and subscribed. Commands on stdin, one JSON object per line:
-//   {"cmd":"report"}  -> {"ev":"report","clients":[{"ids":[...],"connects":N,"recovered":N,
+//   {"cmd":"report"}  -> {"ev":"report","clients":[{"connected":bool,"ids":[...],"connects":N,"recovered":N,
 //                        "names":[distinct channel_name values],"errors":[...]}]}
 //   {"cmd":"close"}   -> every client disconnects (no session is left to be recovered);
 //                        {"ev":"closed"} once every connection is closed
@@ -67,7 +67,8 @@ rl.on("line", (line) => {
   if (cmd.cmd === "report") {
     out({
       ev: "report",
-      clients: clients.map(({ state }) => ({
+      clients: clients.map(({ socket, state }) => ({
+        connected: socket.connected,
         ids: state.ids, connects: state.connects, recovered: state.recovered,
         names: [...state.names], errors: state.errors,
       })),
