@@ -538,6 +538,24 @@ async def test_an_idle_gateway_forgets_old_ids_without_another_event() -> None:
         await r.gateway.close()
 
 
+async def test_a_lease_left_without_a_feed_is_fed_again_by_the_watchdog() -> None:
+    # A feed stopped while its lease stayed (a handover completing as the successor's feed was
+    # being stopped, seen once in a cluster test): the lease is renewed but nothing feeds the
+    # topic, and no other node may take it. The watchdog must notice and feed it again.
+    r = await make(owner_check_interval=0.01)
+    r.gateway.start()
+    try:
+        await active(r, XQC)
+        await r.feeds.stop("chatroom:668")
+        assert "chatroom:668" in r.broker.leases and V2 not in r.upstream.subscribed
+        assert r.event(V2, CHAT, {"id": "lost"}) == []  # nothing routes it: not fed
+        await eventually(lambda: V2 in r.upstream.subscribed and LEGACY in r.upstream.subscribed,
+                         what="the chatroom subscribed again")  # fmt: skip
+        assert len(r.event(V2, CHAT, {"id": "after"})) == 1
+    finally:
+        await r.gateway.close()
+
+
 async def test_single_alias_rooms_do_no_dedupe_work() -> None:
     r = await make(chatroom_templates=("chatrooms.{chatroom_id}.v2",), channel_templates=())
     await active(r, XQC)

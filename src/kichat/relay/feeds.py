@@ -184,6 +184,11 @@ class Feeds:
         return frozenset(self._feeds)
 
     @property
+    def stopping(self) -> frozenset[str]:
+        """Topics whose feed is still unsubscribing from Kick."""
+        return frozenset(self._stopping)
+
+    @property
     def upstream_channels(self) -> frozenset[str]:
         return frozenset(ch for feed in self._feeds.values() for ch in feed.subscribed)
 
@@ -228,6 +233,11 @@ class Feeds:
             lease = feed.lease  # acquired meanwhile (start() found this feed): keep feeding
         if lease is None or feed.stopped:
             await self.stop(topic)
+            if lease is not None and self._feeds.get(topic) is None:
+                # The lease came as this feed was being stopped: held but not fed, it would
+                # keep every other node from feeding the topic.
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.broker.release(lease)
             return
         feed.lease = lease
         feed.dedupe_until = self.clock() + _HANDOVER_DEDUPE

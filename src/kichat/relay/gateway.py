@@ -152,6 +152,7 @@ class Gateway:
         # Topics fed here that no node read at the last watchdog rounds (released after two in a
         # row, so that a reader's brief reconnect does not look like the end of all interest).
         self._unread: dict[str, int] = {}
+        self._unfed: dict[str, int] = {}  # topics leased here with no feed: rounds seen
         self._leases_changed = asyncio.Event()  # a lease was lost (a handover completing)
 
     # -- public --------------------------------------------------------------------------------
@@ -460,6 +461,22 @@ class Gateway:
         for topic, count in rounds.items():
             if count >= 2:
                 await self.feeds.release(topic)
+        # A lease with no feed, two rounds in a row (a feed being given up is stopped before
+        # its lease is released): renewed but never fed, it would keep every node from taking
+        # the topic for good. Feed it if we read it, else give it back.
+        busy = self.feeds.owned | self.feeds.stopping
+        unfed = {t: self._unfed.get(t, 0) + 1 for t in self.broker.leases if t not in busy}
+        self._unfed = unfed
+        for topic, count in unfed.items():
+            held = self.broker.leases.get(topic)
+            if count < 2 or held is None or topic in self.feeds.owned | self.feeds.stopping:
+                continue
+            log.warning("%s was leased here but not fed; %s", topic,
+                        "feeding it" if topic in self._topics else "releasing it")  # fmt: skip
+            if topic in self._topics:
+                self.feeds.start(held)
+            else:
+                await self.broker.release(held)
 
     def on_lease_lost(self, topic: str) -> None:
         self.feeds.lost(topic)
