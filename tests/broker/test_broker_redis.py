@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -280,6 +280,66 @@ async def test_a_leaving_owner_hands_over_make_before_break(
     await eventually(lambda: len(rec_b.publications) == 3, what="b's publication")
     assert [p for _, _, p in rec_b.publications] == [b"1", b"2", b"3"]
     assert await b.take_over("t") is None, "no longer offered"
+
+
+async def test_the_successor_hears_of_its_lease_even_if_a_fenced_publication_came_first(
+    cluster: tuple[RedisServer, Start],
+) -> None:
+    # Fault injected: right after the owner's TRANSFER, a publication of its own that the move
+    # fenced makes it drop the lease (what _published does), before it tells the successor.
+    # Seen in a fresh-clone run: the owner then told nobody, the successor waited in vain and
+    # gave up, and the handover's gap was lost.
+    _, start = cluster
+    a, _ = await start()
+    b, rec_b = await start()
+    (old,) = await a.acquire(["t"])
+    await b.subscribe("t")
+    real_call = a._call
+
+    async def call(name: str, *args: Any) -> Any:
+        result = await real_call(name, *args)
+        if name == "TRANSFER":
+            a._leases.pop("t", None)
+        return result
+
+    a._call = call  # type: ignore[method-assign]
+    told: list[str] = []
+    real_publish = a._redis.publish
+
+    async def publish(channel: Any, message: Any) -> Any:
+        told.append(str(message))
+        return await real_publish(channel, message)
+
+    a._redis.publish = publish  # type: ignore[method-assign]
+    assert await a.hand_over(old)
+    await eventually(lambda: rec_b.offered == ["t"], what="b hears the offer")
+    new = await b.take_over("t")
+    assert new is not None and new.token > old.token
+    assert f"lease|t|{new.token}" in told, "the owner told its successor"
+
+
+async def test_a_successor_that_missed_the_lease_message_finds_its_lease_in_redis(
+    cluster: tuple[RedisServer, Start],
+) -> None:
+    # Pub/sub delivers at most once: the owner's "lease" message is lost (injected: it is
+    # published to nobody), yet Redis says the successor holds the lease.
+    _, start = cluster
+    a, _ = await start()
+    b, _ = await start()
+    (old,) = await a.acquire(["t"])
+    await b.subscribe("t")
+    real_publish = a._redis.publish
+
+    async def publish(channel: Any, message: Any) -> Any:
+        if str(message).startswith("lease|"):
+            return 0
+        return await real_publish(channel, message)
+
+    a._redis.publish = publish  # type: ignore[method-assign]
+    assert await a.hand_over(old)
+    new = await b.take_over("t")
+    assert new is not None and new.token > old.token
+    assert "t" in b.leases
 
 
 async def test_a_second_cluster_with_the_same_settings_is_noticed(

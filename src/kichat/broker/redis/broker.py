@@ -585,16 +585,39 @@ class RedisBroker(Broker):
         holder = (raw.decode() if isinstance(raw, bytes) else raw).rsplit(":", 1)[0]
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._transfers[topic] = waiter
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout * 2
+        token: int | None = None
         try:
             await self._redis.publish(f"{self.prefix}node:{holder}", f"ready|{topic}|{self.member}")
-            token = await asyncio.wait_for(waiter, self.command_timeout * 2)
-        except (RedisError, TimeoutError):
+            while token is None:
+                step = min(self.renew_interval, deadline - loop.time())
+                try:
+                    token = await asyncio.wait_for(asyncio.shield(waiter), max(0.0, step))
+                except TimeoutError:
+                    # Pub/sub delivers at most once: the lease may be ours without our hearing
+                    # it. Look before it expires (nobody renews a lease its holder ignores).
+                    token = await self._lease_held_here(topic)
+                    if token is None and loop.time() >= deadline:
+                        return None
+        except RedisError:
             return None
         finally:
             self._transfers.pop(topic, None)
         lease = self._leases[topic] = Lease(topic, token, takeover=True)
         self._status.takeovers += 1
         return lease
+
+    async def _lease_held_here(self, topic: str) -> int | None:
+        """The token of ``topic``'s lease if Redis says this process holds it."""
+        try:
+            raw = await self._redis.get(f"{self.prefix}own:{topic}")
+        except RedisError:
+            return None
+        if raw is None:
+            return None
+        holder, _, token = (raw.decode() if isinstance(raw, bytes) else raw).rpartition(":")
+        return int(token) if holder == self.member and token.isdigit() else None
 
     async def _transfer(self, topic: str, successor: str) -> None:
         """The successor is subscribed upstream: publish what we still hold, then give it the
@@ -613,12 +636,16 @@ class RedisBroker(Broker):
                 "TRANSFER", self._epoch, self.member, topic, lease.token, successor,
                 round(self.lease_ttl * 1000),
             )  # fmt: skip
-            if token is None or self._leases.get(topic) is not lease:
+            if token is None:
                 return
-            del self._leases[topic]
-            self._drop_queued(topic)
-            if self._handler is not None:
-                self._handler.on_lease_lost(topic)
+            # The lease is the successor's now, and it must hear so even if a publication of
+            # ours, fenced by the move, has already made us drop the lease (seen: the
+            # successor waited in vain, gave up, and the handover's gap was lost).
+            if self._leases.get(topic) is lease:
+                del self._leases[topic]
+                self._drop_queued(topic)
+                if self._handler is not None:
+                    self._handler.on_lease_lost(topic)
             await self._redis.publish(
                 f"{self.prefix}node:{successor}", f"lease|{topic}|{int(token)}"
             )
