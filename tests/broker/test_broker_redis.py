@@ -55,6 +55,22 @@ async def _close_quietly(broker: RedisBroker) -> None:
             await broker.close()
 
 
+def tap_publications(
+    broker: RedisBroker, lost: Callable[[str], bool] = lambda message: False
+) -> list[str]:
+    """Records the broker's own pub/sub messages (node-to-node, not topic publications) and
+    loses those ``lost`` picks: they go out to nobody, as pub/sub may do."""
+    seen: list[str] = []
+    real_publish = broker._redis.publish
+
+    async def publish(channel: Any, message: Any) -> Any:
+        seen.append(str(message))
+        return 0 if lost(str(message)) else await real_publish(channel, message)
+
+    broker._redis.publish = publish  # type: ignore[method-assign]
+    return seen
+
+
 async def crash(broker: RedisBroker) -> None:
     """What kill -9 does to a node, as Redis sees it: its connections drop, nothing is
     released or said."""
@@ -303,14 +319,7 @@ async def test_the_successor_hears_of_its_lease_even_if_a_fenced_publication_cam
         return result
 
     a._call = call  # type: ignore[method-assign]
-    told: list[str] = []
-    real_publish = a._redis.publish
-
-    async def publish(channel: Any, message: Any) -> Any:
-        told.append(str(message))
-        return await real_publish(channel, message)
-
-    a._redis.publish = publish  # type: ignore[method-assign]
+    told = tap_publications(a)
     assert await a.hand_over(old)
     await eventually(lambda: rec_b.offered == ["t"], what="b hears the offer")
     new = await b.take_over("t")
@@ -328,14 +337,7 @@ async def test_a_successor_that_missed_the_lease_message_finds_its_lease_in_redi
     b, _ = await start()
     (old,) = await a.acquire(["t"])
     await b.subscribe("t")
-    real_publish = a._redis.publish
-
-    async def publish(channel: Any, message: Any) -> Any:
-        if str(message).startswith("lease|"):
-            return 0
-        return await real_publish(channel, message)
-
-    a._redis.publish = publish  # type: ignore[method-assign]
+    tap_publications(a, lost=lambda message: message.startswith("lease|"))
     assert await a.hand_over(old)
     new = await b.take_over("t")
     assert new is not None and new.token > old.token
