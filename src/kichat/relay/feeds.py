@@ -183,10 +183,9 @@ class Feeds:
     def owned(self) -> frozenset[str]:
         return frozenset(self._feeds)
 
-    @property
-    def stopping(self) -> frozenset[str]:
-        """Topics whose feed is still unsubscribing from Kick."""
-        return frozenset(self._stopping)
+    def busy(self, topic: str) -> bool:
+        """Whether a feed of this topic runs here or is still unsubscribing from Kick."""
+        return topic in self._feeds or topic in self._stopping
 
     @property
     def upstream_channels(self) -> frozenset[str]:

@@ -464,12 +464,13 @@ class Gateway:
         # A lease with no feed, two rounds in a row (a feed being given up is stopped before
         # its lease is released): renewed but never fed, it would keep every node from taking
         # the topic for good. Feed it if we read it, else give it back.
-        busy = self.feeds.owned | self.feeds.stopping
-        unfed = {t: self._unfed.get(t, 0) + 1 for t in self.broker.leases if t not in busy}
+        unfed = {t: self._unfed.get(t, 0) + 1 for t in self.broker.leases
+                 if not self.feeds.busy(t)}  # fmt: skip
         self._unfed = unfed
         for topic, count in unfed.items():
+            # Asked again: releasing a lease (an await) lets feeds start meanwhile.
             held = self.broker.leases.get(topic)
-            if count < 2 or held is None or topic in self.feeds.owned | self.feeds.stopping:
+            if count < 2 or held is None or self.feeds.busy(topic):
                 continue
             log.warning("%s was leased here but not fed; %s", topic,
                         "feeding it" if topic in self._topics else "releasing it")  # fmt: skip
