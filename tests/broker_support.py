@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from kichat.broker import Lease
+
 
 class Recorder:
     def __init__(self) -> None:
         self.publications: list[tuple[str, int, bytes]] = []
         self.gaps: list[frozenset[str]] = []
         self.resets: list[str] = []
+        self.renewed: list[Lease] = []
         self.lost: list[str] = []
         self.released: list[str] = []
         self.taken: list[str] = []
@@ -21,6 +24,9 @@ class Recorder:
 
     def on_reset(self, epoch: str) -> None:
         self.resets.append(epoch)
+
+    def on_lease_renewed(self, lease: Lease) -> None:
+        self.renewed.append(lease)
 
     def on_lease_lost(self, topic: str) -> None:
         self.lost.append(topic)

@@ -29,7 +29,7 @@ from typing import Any, Final
 from prometheus_client import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from kichat.broker import Broker, MemoryBroker
+from kichat.broker import Broker, Lease, MemoryBroker
 from kichat.config import Settings
 from kichat.http import HttpServer
 from kichat.kick.api import KickApi
@@ -319,6 +319,9 @@ class _BrokerEvents:
     def on_reset(self, epoch: str) -> None:
         self.app.gateway.on_reset()
         self.app.sessions.on_reset()
+
+    def on_lease_renewed(self, lease: Lease) -> None:
+        self.app.gateway.on_lease_renewed(lease)
 
     def on_lease_lost(self, topic: str) -> None:
         self.app.gateway.on_lease_lost(topic)

@@ -279,6 +279,10 @@ async def test_redis_restarted_without_data(tmp_path: Path) -> None:
             await all_received(on_b, after, 15 * UNIT)
             for state in await report(on_b):
                 check_once_in_order(state, before + after)
+            # The owner took its feeds back in the new epoch: they never stopped (a feed
+            # started afresh elsewhere would miss what Kick sent until it was subscribed).
+            for node in (a, b):
+                assert (await node.stats())["relay"]["feeds_stopped"] == 0, node.log_text()
             await single_upstream(c)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from kichat.broker import MemoryBroker
+from kichat.broker import Lease, MemoryBroker
 from kichat.errors import ChannelNotFound, FeedUnavailable, KickBlocked, SubscriptionError
 from kichat.http.websocket import iter_frames
 from kichat.relay import Gateway, RoomInfo, RoomKey
@@ -135,6 +135,7 @@ class Handler:
 
     def on_gap(self, topics: frozenset[str]) -> None: ...
     def on_reset(self, epoch: str) -> None: ...
+    def on_lease_renewed(self, lease: Lease) -> None: ...
     def on_lease_lost(self, topic: str) -> None: ...
     def on_topic_released(self, topic: str) -> None: ...
     def on_session_taken(self, pid: str) -> None: ...
@@ -554,6 +555,25 @@ async def test_a_lease_left_without_a_feed_is_fed_again_by_the_watchdog() -> Non
         assert len(r.event(V2, CHAT, {"id": "after"})) == 1
     finally:
         await r.gateway.close()
+
+
+async def test_after_a_reset_unowned_topics_are_left_to_their_previous_owners_for_a_while() -> None:
+    # Redis restarted: the lease keys are gone, and the topics' owners take them back as they
+    # reconnect. A node that took one first would start a fresh feed and lose what Kick sends
+    # until it is subscribed, while the owner's running feed would have lost nothing.
+    r = await make()
+    await active(r, XQC)
+    r.broker.revoke("chatroom:668")  # as seen from a node that did not own it
+    r.gateway.on_lease_lost("chatroom:668")
+    r.broker.reclaim_grace = 60.0
+    r.gateway.on_reset()
+    await r.gateway.check_owners()
+    assert "chatroom:668" not in r.broker.leases, "left to its owner during the grace"
+    r.broker.reclaim_grace = 0.0
+    r.gateway.on_reset()
+    await r.gateway.check_owners()
+    assert "chatroom:668" in r.broker.leases, "an orphan once the grace is over"
+    await eventually(lambda: V2 in r.upstream.subscribed, what="fed here")
 
 
 async def test_single_alias_rooms_do_no_dedupe_work() -> None:

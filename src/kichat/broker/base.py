@@ -115,6 +115,10 @@ class Handler(Protocol):
     def on_reset(self, epoch: str) -> None:
         """The shared state was lost: positions restart in ``epoch``; saved sessions are gone."""
 
+    def on_lease_renewed(self, lease: Lease) -> None:
+        """After a reset, this node holds ``lease``'s topic again, under a new token: its feed
+        carries on, publishing with ``lease``."""
+
     def on_lease_lost(self, topic: str) -> None:
         """This node no longer owns ``topic`` (fenced, expired, or the state was reset)."""
 
@@ -133,6 +137,9 @@ class Broker(abc.ABC):
     :class:`~kichat.errors.BrokerUnavailable` when the shared state cannot be reached."""
 
     node_id: str
+    #: After a reset (:meth:`Handler.on_reset`), how long topics that nobody holds are left to
+    #: their previous owners, which take them back as soon as they reach the new state.
+    reclaim_grace: float = 0.0
 
     @property
     @abc.abstractmethod

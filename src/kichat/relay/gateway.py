@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kichat.broker import Broker
+from kichat.broker import Broker, Lease
 from kichat.errors import BrokerUnavailable, FeedUnavailable, KickApiError, UpstreamError
 from kichat.relay.feeds import Feeds, channel_topic, chatroom_topic
 from kichat.relay.registry import RoomKey
@@ -153,6 +154,7 @@ class Gateway:
         # row, so that a reader's brief reconnect does not look like the end of all interest).
         self._unread: dict[str, int] = {}
         self._unfed: dict[str, int] = {}  # topics leased here with no feed: rounds seen
+        self._orphans_after = 0.0  # time.monotonic() from which unowned topics may be taken
         self._leases_changed = asyncio.Event()  # a lease was lost (a handover completing)
 
     # -- public --------------------------------------------------------------------------------
@@ -449,7 +451,7 @@ class Gateway:
         owned = self.feeds.owned
         orphans = [t for t, local in self._topics.items() if local.ready and local.ready.done()
                    and t not in self.broker.leases and t not in owned]  # fmt: skip
-        if orphans:
+        if orphans and time.monotonic() >= self._orphans_after:
             for lease in await self.broker.acquire(orphans):
                 log.info("taking over %s%s", lease.topic,
                          " (its feeder is gone)" if lease.takeover else "")  # fmt: skip
@@ -478,6 +480,9 @@ class Gateway:
                 self.feeds.start(held)
             else:
                 await self.broker.release(held)
+
+    def on_lease_renewed(self, lease: Lease) -> None:
+        self.feeds.start(lease)  # the feed runs on: it only swaps its lease
 
     def on_lease_lost(self, topic: str) -> None:
         self.feeds.lost(topic)
@@ -523,6 +528,9 @@ class Gateway:
     def on_reset(self) -> None:
         for local in self._topics.values():
             local.last = 0
+        # The topics' owners, alive, take them back in the new epoch as they reconnect; taking
+        # one first would start a fresh feed and lose what Kick sends until it is subscribed.
+        self._orphans_after = time.monotonic() + self.broker.reclaim_grace
 
 
 def _no_stream(message: str) -> RoomInfo:

@@ -23,6 +23,8 @@ Leases: ``SET own:T node:token PX ttl``, renewed for all topics in one script ev
 ``renew_interval``; the publish script compares the owner on every publication (the fence).
 A node that could not renew for ``0.8 × lease_ttl`` gives its leases up by itself, before Redis
 lets them expire, so an owner cut off from Redis stops feeding Kick events it cannot publish.
+When Redis loses its data (a new epoch), each node takes its own leases again as it reconnects,
+under new tokens, and its feeds run on (:meth:`Handler.on_lease_renewed`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class RedisBroker(Broker):
         self.probe_interval = probe_interval
         self.outbox_limit = outbox_limit
         self.reconnect_max = reconnect_max
+        # Every node retries on the same capped backoff: the previous owners of a topic reach
+        # a restarted Redis at most this long after any other node does.
+        self.reclaim_grace = reconnect_max + command_timeout
         params = parse_url(url)
         self._params = {**params, "ssl": params.get("connection_class") is SSLConnection}
         self._redis = aioredis.Redis.from_url(
@@ -148,6 +153,7 @@ class RedisBroker(Broker):
         self._probe_seen = 0
         self._last_renewed = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
+        self._hello_lock = asyncio.Lock()
         self._closing = False
         self._status = BrokerStatus(backend="redis", node_id=node_id, epoch="", connected=False)
         self._sessions = SessionKeys(self._redis, self._scripts["TAKE_SESSION"], self._status,
@@ -208,6 +214,12 @@ class RedisBroker(Broker):
             raise BrokerUnavailable(f"Redis: {exc}") from exc
 
     async def _hello(self) -> None:
+        # One at a time: every task that meets a new epoch calls this, and the first one must
+        # finish moving this node into it before the others look.
+        async with self._hello_lock:
+            await self._hello_locked()
+
+    async def _hello_locked(self) -> None:
         proposal = secrets.token_hex(4)
         reply = await self._call("HELLO", proposal, self.fingerprint)
         epoch, fingerprint = reply[0].decode(), reply[1]
@@ -231,23 +243,51 @@ class RedisBroker(Broker):
         else:
             self._misconfigured = None
         if self._epoch and epoch != self._epoch:
-            self._reset(epoch)
+            self._reset(epoch, await self._reclaim(epoch))
         self._epoch = self._status.epoch = epoch
 
-    def _reset(self, epoch: str) -> None:
-        """The shared state was lost: start over in ``epoch``."""
+    async def _reclaim(self, epoch: str) -> dict[str, Lease]:
+        """The leases this node held, taken again in the new ``epoch`` before any other node
+        can: the lease keys are gone with the old state, and a node that took a topic now would
+        start a fresh feed and miss what Kick sends until it is subscribed. The heartbeat
+        comes first, or another node would find the holder dead and take the lease over."""
+        if not self._leases:
+            return {}
+        try:
+            await self._beat_once()
+            reply = await self._call("ACQUIRE", epoch, self.member,
+                                     round(self.lease_ttl * 1000), *self._leases)  # fmt: skip
+        except BrokerUnavailable as exc:
+            log.warning("cannot take this node's feeds again in the new epoch: %s", exc)
+            return {}
+        if reply and reply[0] == b"epoch":  # reset once more meanwhile: the next hello sees it
+            return {}
+        regained = {}
+        for i in range(0, len(reply), 3):
+            regained[reply[i].decode()] = Lease(reply[i].decode(), int(reply[i + 1]))
+        return regained
+
+    def _reset(self, epoch: str, regained: dict[str, Lease]) -> None:
+        """The shared state was lost: start over in ``epoch``, feeding what was ``regained``."""
+        kept = f"; {len(regained)} of {len(self._leases)} feeds kept" if self._leases else ""
         log.warning("Redis lost the cluster's state (new epoch %s): sessions saved there are "
-                    "gone, positions restart", epoch)  # fmt: skip
+                    "gone, positions restart%s", epoch, kept)  # fmt: skip
         self._status.resets += 1
         self._position = 0
         for topic in self._topics.values():
             topic.last = 0
-        lost = list(self._leases)
+        lost = [name for name in self._leases if name not in regained]
         self._leases.clear()
+        self._leases.update(regained)
+        if regained:  # as acquire() does: the new leases are as fresh as a renewal
+            self._last_renewed = max(self._last_renewed, time.monotonic() - self.renew_interval)
         handler = self._handler
         if handler is not None:
             handler.on_reset(epoch)
+            for lease in regained.values():
+                handler.on_lease_renewed(lease)
             for topic_name in lost:
+                self._status.leases_lost += 1
                 handler.on_lease_lost(topic_name)
 
     # -- the subscriber connection ---------------------------------------------------------------
@@ -281,6 +321,7 @@ class RedisBroker(Broker):
             reply = await self._call("READ", *args)
             if reply[0] == b"epoch":
                 await self._hello()
+                args[0] = self._epoch
                 reply = await self._call("READ", *args)
             upto = int(reply[1])
             streams = []
