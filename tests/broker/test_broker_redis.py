@@ -54,6 +54,14 @@ async def _close_quietly(broker: RedisBroker) -> None:
             await broker.close()
 
 
+async def owned_and_read(start: Start) -> tuple[Node, Node, Lease]:
+    """Two nodes: the first owns topic "t" (the lease), the second reads it."""
+    owner, reader = await start(), await start()
+    (lease,) = await owner[0].acquire(["t"])
+    await reader[0].subscribe("t")
+    return owner, reader, lease
+
+
 def tap_publications(
     broker: RedisBroker, lost: Callable[[str], bool] = lambda message: False
 ) -> list[str]:
@@ -195,10 +203,7 @@ async def test_history_trimmed_while_cut_off_is_reported_as_a_gap(
 
 async def test_redis_restart_starts_a_new_epoch(cluster: tuple[RedisServer, Start]) -> None:
     server, start = cluster
-    a, rec_a = await start()
-    b, rec_b = await start()
-    (old,) = await a.acquire(["t"])
-    await b.subscribe("t")
+    (a, rec_a), (b, rec_b), old = await owned_and_read(start)
     await a.save_session("p1", b"state", live=False)
     for node in (a, b):  # each pool holds idle connections to the old server
         await asyncio.gather(*(node.readers(["t"]) for _ in range(8)))
@@ -270,11 +275,8 @@ async def test_a_leaving_owner_hands_over_make_before_break(
     cluster: tuple[RedisServer, Start],
 ) -> None:
     _, start = cluster
-    a, _ = await start()
-    b, rec_b = await start()
+    (a, _), (b, rec_b), old = await owned_and_read(start)
     c, _ = await start()
-    (old,) = await a.acquire(["t"])
-    await b.subscribe("t")
     a.publish(old, b"1", key="k1")
     assert await a.hand_over(old)
     await eventually(lambda: rec_b.offered == ["t"], what="b hears the offer")
@@ -299,10 +301,7 @@ async def test_the_successor_hears_of_its_lease_even_if_a_fenced_publication_cam
     # Seen in a fresh-clone run: the owner then told nobody, the successor waited in vain and
     # gave up, and the handover's gap was lost.
     _, start = cluster
-    a, _ = await start()
-    b, rec_b = await start()
-    (old,) = await a.acquire(["t"])
-    await b.subscribe("t")
+    (a, _), (b, rec_b), old = await owned_and_read(start)
     real_call = a._call
 
     async def call(name: str, *args: Any) -> Any:
@@ -326,10 +325,7 @@ async def test_a_successor_that_missed_the_lease_message_finds_its_lease_in_redi
     # Pub/sub delivers at most once: the owner's "lease" message is lost (injected: it is
     # published to nobody), yet Redis says the successor holds the lease.
     _, start = cluster
-    a, _ = await start()
-    b, _ = await start()
-    (old,) = await a.acquire(["t"])
-    await b.subscribe("t")
+    (a, _), (b, _), old = await owned_and_read(start)
     tap_publications(a, lost=lambda message: message.startswith("lease|"))
     assert await a.hand_over(old)
     new = await b.take_over("t")

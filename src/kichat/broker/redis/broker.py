@@ -255,17 +255,12 @@ class RedisBroker(Broker):
             return {}
         try:
             await self._beat_once()
-            reply = await self._call("ACQUIRE", epoch, self.member,
-                                     round(self.lease_ttl * 1000), *self._leases)  # fmt: skip
+            taken = await self._acquire_in(epoch, self._leases)
         except BrokerUnavailable as exc:
             log.warning("cannot take this node's feeds again in the new epoch: %s", exc)
             return {}
-        if reply and reply[0] == b"epoch":  # reset once more meanwhile: the next hello sees it
-            return {}
-        regained = {}
-        for i in range(0, len(reply), 3):
-            regained[reply[i].decode()] = Lease(reply[i].decode(), int(reply[i + 1]))
-        return regained
+        # None: reset once more meanwhile, which the next hello sees.
+        return {lease.topic: lease for lease in taken or ()}
 
     def _reset(self, epoch: str, regained: dict[str, Lease]) -> None:
         """The shared state was lost: start over in ``epoch``, feeding what was ``regained``."""
@@ -279,8 +274,6 @@ class RedisBroker(Broker):
         lost = [name for name in self._leases if name not in regained]
         self._leases.clear()
         self._leases.update(regained)
-        if regained:  # as acquire() does: the new leases are as fresh as a renewal
-            self._last_renewed = max(self._last_renewed, time.monotonic() - self.renew_interval)
         handler = self._handler
         if handler is not None:
             handler.on_reset(epoch)
@@ -585,20 +578,26 @@ class RedisBroker(Broker):
         wanted = [t for t in dict.fromkeys(topics) if t not in self._leases]
         if not wanted:
             return []
-        reply = await self._call(
-            "ACQUIRE", self._epoch, self.member, round(self.lease_ttl * 1000), *wanted
-        )
-        if reply and reply[0] == b"epoch":
+        taken = await self._acquire_in(self._epoch, wanted)
+        if taken is None:
             await self._hello()
             return []
-        taken = []
-        for i in range(0, len(reply), 3):
-            lease = Lease(reply[i].decode(), int(reply[i + 1]), takeover=bool(int(reply[i + 2])))
+        for lease in taken:
             self._leases[lease.topic] = lease
-            taken.append(lease)
             if lease.takeover:
                 self._status.takeovers += 1
-        if taken:
+        return taken
+
+    async def _acquire_in(self, epoch: str, topics: Iterable[str]) -> list[Lease] | None:
+        """The leases of ``topics`` that the ACQUIRE script gave us; None if ``epoch`` is over."""
+        reply = await self._call(
+            "ACQUIRE", epoch, self.member, round(self.lease_ttl * 1000), *topics
+        )
+        if reply and reply[0] == b"epoch":
+            return None
+        taken = [Lease(reply[i].decode(), int(reply[i + 1]), takeover=bool(int(reply[i + 2])))
+                 for i in range(0, len(reply), 3)]  # fmt: skip
+        if taken:  # as fresh as a renewal
             self._last_renewed = max(self._last_renewed, time.monotonic() - self.renew_interval)
         return taken
 
